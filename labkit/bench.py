@@ -1,0 +1,264 @@
+"""Timing done right, and the figures of lesson ``01_cpu_vs_gpu_tpu``.
+
+Every time in the course goes through :func:`time_fn`. It is built on
+``torch.utils.benchmark.Timer`` (warm-up, a fixed thread count, blocked auto-ranging) and
+synchronizes accelerators around each measured block, because on a GPU or TPU a kernel launch
+returns long before the work is done. It reports the median and the inter-quartile range,
+never a single run: these machines are noisy.
+
+Also here: matmul GFLOP/s, memory-bound elementwise bandwidth, an estimate of the CPU's
+theoretical peak (with its assumptions spelled out), host<->device copy bandwidth, and FLOP
+counts through ``torch.utils.flop_counter``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
+
+from labkit.devices import _validate, cpu_cores, cpu_flags, get_device, synchronize
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Result of :func:`time_fn`; all times in seconds."""
+
+    label: str
+    median: float
+    iqr: float  # inter-quartile range: the spread
+    mean: float
+    runs: int  # measured blocks
+    threads: int
+    times: tuple[float, ...] = field(repr=False, default=())
+
+    @property
+    def spread(self) -> float:
+        """IQR relative to the median (0.05 = 5 %)."""
+        return self.iqr / self.median if self.median > 0 else math.inf
+
+    def __str__(self) -> str:
+        return f"{self.label}: median {self.median * 1e3:.3f} ms (IQR {self.iqr * 1e3:.3f} ms, {self.runs} runs, {self.threads} threads)"
+
+
+def _check_positive(name: str, value, kind=(int, float)):
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def time_fn(
+    fn: Callable[[], object],
+    *,
+    device: str | torch.device | None = "cpu",
+    label: str = "",
+    warmup: int = 2,
+    min_run_time: float = 0.2,
+    threads: int | None = None,
+) -> Timing:
+    """Time ``fn()`` and return a :class:`Timing` (median and spread over measured blocks).
+
+    ``device`` is where ``fn`` runs: it is synchronized after every call, so the time includes
+    the work and not only its launch. ``threads`` defaults to ``torch.get_num_threads()``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    _check_positive("min_run_time", min_run_time)
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    dev = _validate(device) if device is not None else torch.device("cpu")
+    threads = torch.get_num_threads() if threads is None else threads
+    _check_positive("threads", threads, int)
+
+    def run():
+        fn()
+        synchronize(dev)
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for _ in range(warmup):
+            run()
+        timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads, label=label)
+        m = timer.blocked_autorange(min_run_time=min_run_time)
+    finally:
+        torch.set_num_threads(previous)
+    times = tuple(m.times)
+    if len(times) >= 4:
+        q = torch.tensor(times, dtype=torch.float64).quantile(torch.tensor([0.25, 0.75], dtype=torch.float64))
+        iqr = float(q[1] - q[0])
+    else:
+        iqr = m.iqr
+    return Timing(label, m.median, iqr, m.mean, len(times), threads, times)
+
+
+# --- compute-bound and memory-bound kernels ------------------------------------------------------
+
+
+def matmul_gflops(
+    n: int, *, dtype: torch.dtype = torch.float32, device=None, min_run_time: float = 0.2, threads: int | None = None
+) -> dict:
+    """Achieved GFLOP/s of an ``n x n @ n x n`` matmul (2 n^3 FLOPs) on ``device``."""
+    _check_positive("n", n, int)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    dev = get_device(device)
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    t = time_fn(lambda: a @ b, device=dev, label=f"matmul {n} {dtype}", min_run_time=min_run_time, threads=threads)
+    flops = 2 * n**3
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "device": str(dev), "seconds": t.median,
+            "iqr": t.iqr, "gflops": flops / t.median / 1e9, "intensity": flops / (3 * n * n * a.element_size())}
+
+
+def matmul_sweep(
+    sizes: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+    dtypes: Sequence[torch.dtype] = (torch.float32,),
+    *,
+    device=None,
+    min_run_time: float = 0.2,
+) -> list[dict]:
+    """:func:`matmul_gflops` over every size and dtype (rows for a table or a plot)."""
+    if len(sizes) == 0 or len(dtypes) == 0:
+        raise ValueError("sizes and dtypes must not be empty")
+    return [matmul_gflops(n, dtype=d, device=device, min_run_time=min_run_time) for d in dtypes for n in sizes]
+
+
+def elementwise_gbps(numel: int, *, device=None, dtype=torch.float32, min_run_time: float = 0.2) -> dict:
+    """Bandwidth of ``y = x + 1`` (reads and writes ``numel`` elements: memory bound)."""
+    _check_positive("numel", numel, int)
+    dev = get_device(device)
+    x = torch.randn(numel, device=dev, dtype=dtype)
+    out = torch.empty_like(x)
+    t = time_fn(lambda: torch.add(x, 1.0, out=out), device=dev, label=f"add {numel}", min_run_time=min_run_time)
+    nbytes = 2 * numel * x.element_size()
+    return {"numel": numel, "device": str(dev), "seconds": t.median, "gbps": nbytes / t.median / 1e9,
+            "gflops": numel / t.median / 1e9, "intensity": numel / nbytes}
+
+
+def copy_bandwidth(nbytes: int = 64 << 20, *, device=None, pinned: bool = True, min_run_time: float = 0.2) -> dict | None:
+    """Host->device and device->host copy GB/s, or None when ``device`` is the CPU itself."""
+    _check_positive("nbytes", nbytes, int)
+    dev = get_device(device)
+    if dev.type == "cpu":
+        return None
+    host = torch.empty(nbytes // 4, dtype=torch.float32)
+    if pinned and dev.type == "cuda":
+        host = host.pin_memory()
+    on_dev = host.to(dev)
+    h2d = time_fn(lambda: on_dev.copy_(host, non_blocking=True), device=dev, min_run_time=min_run_time)
+    d2h = time_fn(lambda: host.copy_(on_dev, non_blocking=True), device=dev, min_run_time=min_run_time)
+    return {"device": str(dev), "bytes": host.numel() * 4, "h2d_gbps": host.numel() * 4 / h2d.median / 1e9,
+            "d2h_gbps": host.numel() * 4 / d2h.median / 1e9}
+
+
+# --- theoretical peak ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeakEstimate:
+    """cores x clock x FLOPs per cycle per core, and the assumptions behind each factor."""
+
+    cores: int
+    ghz: float
+    flops_per_cycle: int
+    gflops: float
+    assumptions: tuple[str, ...]
+
+    def __str__(self) -> str:
+        lines = [f"peak ~ {self.cores} cores x {self.ghz:.2f} GHz x {self.flops_per_cycle} FLOP/cycle = {self.gflops:.0f} GFLOP/s"]
+        return "\n".join(lines + [f"  - {a}" for a in self.assumptions])
+
+
+def cpu_clock_ghz() -> tuple[float, str]:
+    """The CPU's clock in GHz and where the figure came from."""
+    path = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"
+    try:
+        with open(path) as f:
+            return int(f.read()) / 1e6, "cpufreq max frequency"
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":")[1]) / 1e3, "/proc/cpuinfo 'cpu MHz' (current clock; turbo may be higher)"
+    except OSError:
+        pass
+    return 3.0, "unknown clock: assumed 3.0 GHz"
+
+
+def cpu_peak_gflops(
+    dtype: torch.dtype = torch.float32, *, cores: int | None = None, ghz: float | None = None,
+    fma_units: int = 2, flags: set[str] | None = None,
+) -> PeakEstimate:
+    """Estimate the CPU's theoretical peak for ``dtype`` (float32 or float64).
+
+    FLOPs per cycle per core = SIMD lanes (vector bits / element bits) x 2 (a fused multiply-add
+    is two FLOPs) x ``fma_units`` (FMA pipes per core: 2 on most recent x86 cores, an assumption).
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"peak is estimated for float32 or float64, got {dtype}")
+    _check_positive("fma_units", fma_units, int)
+    flags = cpu_flags() if flags is None else flags
+    notes = []
+    if cores is None:
+        cores = cpu_cores()
+        notes.append(f"{cores} cores usable by this process (hyper-threads add no FLOPs)")
+    if ghz is None:
+        ghz, source = cpu_clock_ghz()
+        notes.append(f"clock {ghz:.2f} GHz from {source}")
+    if "avx512f" in flags:
+        bits, isa = 512, "AVX-512"
+    elif "avx2" in flags or "avx" in flags:
+        bits, isa = 256, "AVX2"
+    elif "asimd" in flags or "neon" in flags:
+        bits, isa = 128, "NEON"
+    else:
+        bits, isa = 128, "SSE (no wider vectors found)"
+    elem_bits = 32 if dtype == torch.float32 else 64
+    has_fma = "fma" in flags or "asimd" in flags or not flags
+    per_cycle = (bits // elem_bits) * (2 if has_fma else 1) * fma_units
+    notes.append(f"{isa}: {bits // elem_bits} {dtype} lanes x {'2 (FMA)' if has_fma else '1 (no FMA)'} x {fma_units} vector units")
+    notes.append("some cores run 512-bit vectors at half rate or lower clocks: treat this as an upper bound")
+    return PeakEstimate(cores, ghz, per_cycle, cores * ghz * per_cycle, tuple(notes))
+
+
+# --- FLOP counting and thread scaling -------------------------------------------------------------
+
+
+def count_flops(model: torch.nn.Module, inputs: tuple | torch.Tensor, *, backward: bool = False) -> int:
+    """FLOPs of one forward (and backward, if asked) pass, counted by ``torch.utils.flop_counter``."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(*inputs)
+        if backward:
+            out.sum().backward()
+    return int(counter.get_total_flops())
+
+
+def thread_scaling(fn: Callable[[], object], threads: Sequence[int] | None = None, *, min_run_time: float = 0.2) -> list[dict]:
+    """Median time of ``fn`` with 1..N intra-op threads, and the speed-up over one thread."""
+    threads = list(range(1, cpu_cores() + 1)) if threads is None else list(threads)
+    if not threads:
+        raise ValueError("threads must not be empty")
+    rows = [{"threads": n, "seconds": time_fn(fn, threads=n, min_run_time=min_run_time).median} for n in threads]
+    base = rows[0]["seconds"]
+    for r in rows:
+        r["speedup"] = base / r["seconds"]
+    return rows
+
+
+def cpu_threads_env() -> dict:
+    """Thread settings that change timings, for a report."""
+    return {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}

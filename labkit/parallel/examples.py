@@ -1,0 +1,50 @@
+"""Small workers for :func:`labkit.parallel.launch.launch` and ``torchrun``: the "hello world" of
+torch.distributed, and the failure cases the tests use (a rank that raises, dies or hangs).
+
+Every worker asks ``torch.distributed`` who it is, so it runs the same under both launchers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def hello() -> dict:
+    """Each rank reports who it is; an all-reduce of the ranks checks that they talk."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    t = torch.tensor([float(rank)])
+    dist.all_reduce(t)
+    return {"rank": rank, "world_size": world, "pid": os.getpid(), "backend": dist.get_backend(),
+            "sum_of_ranks": float(t), "threads": torch.get_num_threads()}
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Every rank contributes ``x * (rank + 1)``; all get the sum."""
+    y = x * (dist.get_rank() + 1)
+    dist.all_reduce(y)
+    return y
+
+
+def fail_on_rank(bad_rank: int = 1) -> int:
+    """Rank ``bad_rank`` raises; the others wait in a barrier it never reaches."""
+    if dist.get_rank() == bad_rank:
+        raise RuntimeError(f"deliberate failure on rank {bad_rank}")
+    dist.barrier()
+    return dist.get_rank()
+
+
+def die_on_rank(bad_rank: int = 1) -> int:
+    """Rank ``bad_rank`` exits abruptly (as if killed), without a Python traceback."""
+    if dist.get_rank() == bad_rank:
+        os._exit(3)
+    dist.barrier()
+    return dist.get_rank()
+
+
+def sleep_forever(seconds: float = 3600.0) -> None:
+    """Hangs (for the timeout test)."""
+    time.sleep(seconds)

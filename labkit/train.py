@@ -1,0 +1,159 @@
+"""Training and evaluation loops with progress bars, seeding, and a history for plots.
+
+``fit`` shows a ``tqdm.auto`` bar (a widget in Jupyter, text in a terminal; ``progress=False``
+keeps it quiet) and returns a :class:`History`. ``seed_everything`` returns a
+``torch.Generator`` to pass to loaders and initialisers: re-seed before building each model
+you compare, so every comparison starts equal. ``fast_mode()`` reads ``LABKIT_FAST`` so CI can
+shrink epochs with one switch (``pick(full, fast)``). Used by every lesson that trains.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from labkit.devices import get_device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch's default generators and return a fresh ``torch.Generator``.
+
+    The returned generator is the one to hand to DataLoaders and random draws; seeding the
+    global ones as well makes layer initialisation (which uses torch's default generator)
+    repeatable.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def fast_mode() -> bool:
+    """True when ``LABKIT_FAST`` is set to a true value (CI runs notebooks this way)."""
+    return os.environ.get("LABKIT_FAST", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def pick(full, fast):
+    """``fast`` under ``LABKIT_FAST=1`` (CI), ``full`` otherwise (what a learner runs)."""
+    return fast if fast_mode() else full
+
+
+@dataclass
+class History:
+    """Per-epoch metrics: ``history.metrics['train_loss'] -> [..]`` etc."""
+
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def log(self, **values: float) -> None:
+        for k, v in values.items():
+            self.metrics.setdefault(k, []).append(float(v))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.metrics[key]
+
+    def last(self, key: str) -> float:
+        return self.metrics[key][-1]
+
+    @property
+    def epochs(self) -> int:
+        return max((len(v) for v in self.metrics.values()), default=0)
+
+
+def _batches(loader: Iterable) -> Iterable:
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be iterable (a DataLoader), got {type(loader).__name__}")
+    return loader
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, *, device=None, loss_fn: Callable | None = None) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` over ``loader`` (model put in eval mode)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    dev = get_device(device) if device is not None else next(model.parameters()).device
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    model.eval()
+    total, correct, loss_sum = 0, 0, 0.0
+    for x, y in _batches(loader):
+        x, y = x.to(dev), y.to(dev)
+        out = model(x)
+        loss_sum += float(loss_fn(out, y)) * len(y)
+        correct += int((out.argmax(1) == y).sum())
+        total += len(y)
+    if total == 0:
+        raise ValueError("loader yielded no data")
+    return {"loss": loss_sum / total, "accuracy": correct / total}
+
+
+def accuracy(model: nn.Module, loader: Iterable, *, device=None) -> float:
+    """Fraction of correct predictions over ``loader``."""
+    return evaluate(model, loader, device=device)["accuracy"]
+
+
+def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *, device=None,
+                loss_fn: Callable | None = None, progress: bool = True, desc: str = "train",
+                after_step: Callable[[nn.Module], None] | None = None) -> dict[str, float]:
+    """One pass over ``loader``; ``after_step(model)`` runs after each optimizer step
+    (pruning uses it to re-apply masks). Returns mean loss and accuracy on the training data."""
+    dev = get_device(device) if device is not None else next(model.parameters()).device
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    model.train()
+    total, correct, loss_sum = 0, 0, 0.0
+    for x, y in tqdm(_batches(loader), desc=desc, leave=False, disable=not progress):
+        x, y = x.to(dev), y.to(dev)
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = loss_fn(out, y)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step(model)
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((out.detach().argmax(1) == y).sum())
+        total += len(y)
+    if total == 0:
+        raise ValueError("loader yielded no data")
+    return {"loss": loss_sum / total, "accuracy": correct / total}
+
+
+def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, val_loader: Iterable | None = None,
+        optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3, loss_fn: Callable | None = None,
+        device=None, progress: bool = True, after_step: Callable[[nn.Module], None] | None = None) -> History:
+    """Train ``model`` for ``epochs`` epochs (Adam with ``lr`` unless an optimizer is given).
+
+    Returns a :class:`History` with ``train_loss``, ``train_acc`` and, given ``val_loader``,
+    ``val_loss`` and ``val_acc`` per epoch. The model is moved to ``device`` first.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    dev = get_device(device)
+    model.to(dev)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    history = History()
+    bar = tqdm(range(epochs), desc="epochs", disable=not progress)
+    for _ in bar:
+        tr = train_epoch(model, train_loader, optimizer, device=dev, loss_fn=loss_fn, progress=progress,
+                         after_step=after_step)
+        history.log(train_loss=tr["loss"], train_acc=tr["accuracy"])
+        if val_loader is not None:
+            va = evaluate(model, val_loader, device=dev, loss_fn=loss_fn)
+            history.log(val_loss=va["loss"], val_acc=va["accuracy"])
+            bar.set_postfix(loss=f"{tr['loss']:.3f}", val_acc=f"{va['accuracy']:.3f}")
+        else:
+            bar.set_postfix(loss=f"{tr['loss']:.3f}")
+    return history
