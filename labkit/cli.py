@@ -2,6 +2,7 @@
 
     labkit doctor            versions, devices, threads, bf16/int8 support, completeness
     labkit bench [--quick]   matmul GFLOP/s per device, peak estimate, elementwise bandwidth
+    labkit nb strip|refresh|lint NOTEBOOK...   notebook housekeeping (labkit.nbtools)
 
 Each sub-command lives in its own module; this file only parses arguments and dispatches.
 """
@@ -40,9 +41,16 @@ def _bench(args) -> int:
     return 0
 
 
+def _nb(args) -> int:
+    from labkit.nbtools import main as nb_main
+
+    return nb_main([args.action, *args.notebooks])
+
+
 COMMANDS = {
     "doctor": (_doctor, "check the environment and describe this machine's devices"),
     "bench": (_bench, "time matmuls and memory bandwidth on every device"),
+    "nb": (_nb, "notebook housekeeping: strip outputs, refresh checked outputs, lint lessons"),
 }
 
 
@@ -52,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help=COMMANDS["doctor"][1])
     b = sub.add_parser("bench", help=COMMANDS["bench"][1])
     b.add_argument("--quick", action="store_true", help="fewer sizes, shorter runs")
+    n = sub.add_parser("nb", help=COMMANDS["nb"][1])
+    n.add_argument("action", choices=("strip", "refresh", "lint"))
+    n.add_argument("notebooks", nargs="+")
     return parser
 
 

@@ -1,0 +1,101 @@
+"""Measures of a model: parameters, size on disk, FLOPs, latency - one row per model.
+
+The compression lessons (05 pruning, 06 quantization, 07 distillation, 08 capstone) compare
+models with :func:`model_report`; every figure is measured here, on this machine, at run time.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from labkit.bench import Timing, count_flops, time_fn
+from labkit.models import count_parameters
+
+__all__ = ["count_parameters", "size_on_disk", "flops", "latency", "model_report"]
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+
+
+def size_on_disk(model_or_state, *, path: str | os.PathLike | None = None) -> int:
+    """Bytes of ``torch.save(state_dict)`` - what the model costs to store or ship.
+
+    Given a path, the file is written there and its size returned; otherwise it is measured in
+    memory. Quantized and sparse tensors are saved in their own (smaller) formats.
+    """
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    if not isinstance(state, dict):
+        raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_state).__name__}")
+    if path is not None:
+        torch.save(state, path)
+        return Path(path).stat().st_size
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getbuffer().nbytes
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Size of a file on disk in bytes (for exported ONNX models and the like)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"no such file: {p}")
+    return p.stat().st_size
+
+
+def flops(model: nn.Module, inputs: tuple | torch.Tensor | None = None) -> int:
+    """FLOPs of one forward pass on ``inputs`` (default: the model's ``example_inputs()``)."""
+    _check_model(model)
+    if inputs is None:
+        if not hasattr(model, "example_inputs"):
+            raise ValueError("pass inputs=: this model has no example_inputs()")
+        inputs = model.example_inputs()
+    with torch.no_grad():
+        return count_flops(model, inputs)
+
+
+def latency(model: nn.Module, inputs: tuple | torch.Tensor, *, device=None, threads: int | None = None,
+            min_run_time: float = 0.3) -> Timing:
+    """Median inference latency of ``model(*inputs)`` in eval mode under ``torch.inference_mode``."""
+    _check_model(model)
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    dev = torch.device(device) if device is not None else inputs[0].device
+    model.eval()
+
+    def run():
+        with torch.inference_mode():
+            model(*inputs)
+
+    return time_fn(run, device=dev, threads=threads, min_run_time=min_run_time, label=type(model).__name__)
+
+
+def model_report(name: str, model: nn.Module, inputs: tuple | torch.Tensor, *, accuracy: float | None = None,
+                 device=None, threads: int | None = None, min_run_time: float = 0.3, count_ops: bool = True) -> dict:
+    """One comparable row: parameters, size on disk (MB), FLOPs, latency (ms) and accuracy."""
+    _check_model(model)
+    row = {"model": name, "params": count_parameters(model), "size_mb": size_on_disk(model) / 1e6}
+    if count_ops:
+        try:
+            row["mflops"] = flops(model, inputs) / 1e6
+        except Exception:  # quantized kernels have no FLOP formula registered
+            row["mflops"] = float("nan")
+    t = latency(model, inputs, device=device, threads=threads, min_run_time=min_run_time)
+    row["latency_ms"] = t.median * 1e3
+    row["latency_iqr_ms"] = t.iqr * 1e3
+    if accuracy is not None:
+        row["accuracy"] = accuracy
+    return row
+
+
+def temp_path(suffix: str) -> Path:
+    """A fresh path in the system's temp folder (for exports the notebook measures then drops)."""
+    fd, name = tempfile.mkstemp(suffix=suffix)
+    os.close(fd)
+    return Path(name)
