@@ -29,7 +29,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --no-browser
 
 test: $(STAMP)
-	LABKIT_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --durations=15
+	LABKIT_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --durations=20
 
 quick: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not dist and not browser" -q
