@@ -13,8 +13,10 @@ counts through ``torch.utils.flop_counter``.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,7 +24,15 @@ import torch
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from labkit.devices import _validate, cpu_cores, cpu_flags, get_device, synchronize
+from labkit.devices import (
+    _validate,
+    available_devices,
+    cpu_cores,
+    cpu_flags,
+    describe_device,
+    get_device,
+    synchronize,
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,8 @@ def matmul_gflops(
     dev = get_device(device)
     a = torch.randn(n, n, device=dev).to(dtype)
     b = torch.randn(n, n, device=dev).to(dtype)
-    t = time_fn(lambda: a @ b, device=dev, label=f"matmul {n} {dtype}", min_run_time=min_run_time, threads=threads)
+    c = torch.empty_like(a)  # a live output: lazy devices (XLA) only run work whose result is kept
+    t = time_fn(lambda: torch.matmul(a, b, out=c), device=dev, label=f"matmul {n} {dtype}", min_run_time=min_run_time, threads=threads)
     flops = 2 * n**3
     return {"n": n, "dtype": str(dtype).replace("torch.", ""), "device": str(dev), "seconds": t.median,
             "iqr": t.iqr, "gflops": flops / t.median / 1e9, "intensity": flops / (3 * n * n * a.element_size())}
@@ -226,7 +237,8 @@ def cpu_peak_gflops(
     has_fma = "fma" in flags or "asimd" in flags or not flags
     per_cycle = (bits // elem_bits) * (2 if has_fma else 1) * fma_units
     notes.append(f"{isa}: {bits // elem_bits} {dtype} lanes x {'2 (FMA)' if has_fma else '1 (no FMA)'} x {fma_units} vector units")
-    notes.append("some cores run 512-bit vectors at half rate or lower clocks: treat this as an upper bound")
+    if bits == 512:
+        notes.append("some cores run 512-bit vectors at half rate or lower clocks: treat this as an upper bound")
     return PeakEstimate(cores, ghz, per_cycle, cores * ghz * per_cycle, tuple(notes))
 
 
@@ -262,3 +274,132 @@ def cpu_threads_env() -> dict:
     """Thread settings that change timings, for a report."""
     return {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}
+
+
+# --- the roofline, one training step per device, and the synchronization pitfall ----------------
+
+
+def attainable_gflops(intensity: float, peak_gflops: float, bandwidth_gbs: float) -> float:
+    """The roofline model: ``min(peak, bandwidth x intensity)`` in GFLOP/s.
+
+    A kernel doing ``intensity`` FLOPs per byte moved cannot run faster than memory can feed it
+    (``bandwidth x intensity``) nor faster than the arithmetic units (``peak``). Below the ridge
+    point ``peak / bandwidth`` it is memory-bound, above it compute-bound (``01_cpu_vs_gpu_tpu``).
+    """
+    for name, value in (("intensity", intensity), ("peak_gflops", peak_gflops), ("bandwidth_gbs", bandwidth_gbs)):
+        _check_positive(name, value)
+    return min(peak_gflops, bandwidth_gbs * intensity)
+
+
+def _as_inputs(inputs) -> tuple[torch.Tensor, ...]:
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    if not isinstance(inputs, (tuple, list)) or not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise TypeError("inputs must be a tensor or a non-empty tuple of tensors (e.g. model.example_inputs())")
+    return tuple(inputs)
+
+
+def make_train_step(model: torch.nn.Module, inputs, targets: torch.Tensor, *, device=None, lr: float = 0.01,
+                    autocast_dtype: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
+    """Return ``step()``: one SGD training step of a *copy* of ``model`` on ``device``.
+
+    One step = forward, cross-entropy loss against ``targets``, backward, ``p -= lr * p.grad``
+    (``torch.optim.SGD``). The caller's model is left untouched; the copy that trains is
+    ``step.model``. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass under
+    ``torch.autocast`` for that device. ``step()`` returns the loss (a tensor, not synchronized).
+    Used by :func:`time_train_step` in ``01_cpu_vs_gpu_tpu``.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    inputs = _as_inputs(inputs)
+    if not isinstance(targets, torch.Tensor) or targets.dtype != torch.int64:
+        raise TypeError("targets must be an int64 tensor of class indices")
+    if len(targets) != len(inputs[0]):
+        raise ValueError(f"targets has {len(targets)} labels but the batch has {len(inputs[0])} inputs")
+    _check_positive("lr", lr)
+    if autocast_dtype is not None and (not isinstance(autocast_dtype, torch.dtype) or not autocast_dtype.is_floating_point):
+        raise TypeError(f"autocast_dtype must be None or a floating torch.dtype, got {autocast_dtype!r}")
+    dev = get_device(device)
+    net = copy.deepcopy(model).to(dev).train()
+    xs = tuple(x.to(dev) for x in inputs)
+    ys = targets.to(dev)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = net(*xs)
+        loss = torch.nn.functional.cross_entropy(out.float(), ys)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    step.model = net
+    return step
+
+
+def time_train_step(model: torch.nn.Module, inputs, targets: torch.Tensor, *, device=None, lr: float = 0.01,
+                    autocast_dtype: torch.dtype | None = None, min_run_time: float = 0.2,
+                    threads: int | None = None) -> Timing:
+    """Median time of one training step (see :func:`make_train_step`) on ``device``, synchronized."""
+    step = make_train_step(model, inputs, targets, device=device, lr=lr, autocast_dtype=autocast_dtype)
+    dev = get_device(device)
+    label = f"train step on {dev}" + (f" ({str(autocast_dtype).replace('torch.', '')} autocast)" if autocast_dtype else "")
+    return time_fn(step, device=dev, label=label, min_run_time=min_run_time, threads=threads)
+
+
+def train_step_by_device(model: torch.nn.Module, *, batch_size: int = 64, devices: Sequence[str] | None = None,
+                         min_run_time: float = 0.2, generator: torch.Generator | None = None) -> list[dict]:
+    """One training step of ``model`` timed on every device (default: all available), side by side.
+
+    The batch comes from ``model.example_inputs(batch_size)`` with random labels, so every device
+    gets the same work. Rows: ``device``, ``name``, ``ms``, ``iqr_ms``, ``samples_per_s`` and
+    ``speedup`` over the CPU row (``01_cpu_vs_gpu_tpu``).
+    """
+    if not hasattr(model, "example_inputs"):
+        raise TypeError("model needs an example_inputs(batch_size) method (the labkit reference models have one)")
+    devices = available_devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices must not be empty")
+    inputs = model.example_inputs(batch_size, generator=generator)
+    with torch.no_grad():  # on a copy: the caller's model keeps its mode and BatchNorm statistics
+        classes = copy.deepcopy(model).eval()(*inputs).shape[-1]
+    targets = torch.randint(classes, (batch_size,), generator=generator)
+    rows = []
+    for d in devices:
+        t = time_train_step(model, inputs, targets, device=d, min_run_time=min_run_time)
+        rows.append({"device": str(get_device(d)), "name": describe_device(d).name, "ms": t.median * 1e3,
+                     "iqr_ms": t.iqr * 1e3, "samples_per_s": batch_size / t.median})
+    cpu = next((r["ms"] for r in rows if r["device"] == "cpu"), None)
+    for r in rows:
+        r["speedup"] = cpu / r["ms"] if cpu is not None else float("nan")
+    return rows
+
+
+def sync_pitfall(fn: Callable[[], object], *, device=None, repeats: int = 10) -> dict:
+    """Time ``repeats`` calls of ``fn`` with a wall clock, the wrong way and the right way.
+
+    Wrong: read the clock right after the loop. On an asynchronous device (CUDA, MPS, XLA) each
+    call only *queues* work, so this measures launch speed. Right: :func:`synchronize` before
+    reading the clock. Returns seconds per call, ``unsynced_s`` and ``synced_s``, and their
+    ``ratio`` (synced / unsynced: about 1 on a CPU, often >> 1 on a GPU). This is the one place
+    the course reads a clock by hand - to show why :func:`time_fn` exists (``01_cpu_vs_gpu_tpu``).
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats <= 0:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    dev = get_device(device)
+    fn()
+    synchronize(dev)  # warm-up, and start both measurements from an idle device
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    unsynced = (time.perf_counter() - start) / repeats
+    synchronize(dev)  # drain the queue the wrong measurement left behind
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(dev)
+    synced = (time.perf_counter() - start) / repeats
+    return {"device": str(dev), "repeats": repeats, "unsynced_s": unsynced, "synced_s": synced,
+            "ratio": synced / unsynced if unsynced > 0 else math.inf}

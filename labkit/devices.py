@@ -120,6 +120,9 @@ def synchronize(device: str | torch.device | None = None) -> None:
     elif dev.type == "xla":
         xm = _xla_module()
         if xm is not None:
+            mark_step = getattr(xm, "mark_step", None)
+            if mark_step is not None:  # lazy tensors: compile and launch the traced graph first
+                mark_step()
             xm.wait_device_ops()
 
 

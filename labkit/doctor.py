@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import importlib.util
 import platform
 import sys
 
@@ -19,17 +20,23 @@ REQUIRED = ("torch", "numpy", "jupyterlab", "ipywidgets", "matplotlib", "nbval",
             "onnx", "onnxruntime", "nbformat", "nbclient")
 OPTIONAL = ("torchao", "torchvision", "torch_xla", "hypothesis", "playwright")
 DIST = {"sklearn": "scikit-learn"}
+LOOK_ONLY = ("torchao", "torch_xla")
 
 
 def package_versions(names=REQUIRED + OPTIONAL) -> dict[str, str | None]:
     """Installed version of each package (None when it is missing or does not import)."""
     out = {}
     for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            out[name] = None
-            continue
+        if name in LOOK_ONLY:  # heavy imports that print warnings: installed is enough to know
+            if importlib.util.find_spec(name) is None:
+                out[name] = None
+                continue
+        else:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                out[name] = None
+                continue
         try:
             out[name] = md.version(DIST.get(name, name).replace("_", "-"))
         except md.PackageNotFoundError:

@@ -93,3 +93,33 @@ def plot_roofline(peak_gflops: float, bandwidth_gbs: float, points: Sequence[Map
             ax.annotate(p["label"], (p["intensity"], p["gflops"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set(xlabel="arithmetic intensity (FLOP / byte)", ylabel="GFLOP/s", title=title)
     return ax
+
+
+def plot_images(images, labels: Sequence | None = None, *, ncols: int = 8, title: str = "", cmap: str = "gray_r"):
+    """A grid of images ``(N, 1, H, W)`` or ``(N, H, W)`` with optional labels; returns the Figure.
+
+    Used in ``00_welcome_and_setup`` to look at the bundled digits and MNIST images.
+    """
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols <= 0:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    if len(images) == 0:
+        raise ValueError("images is empty")
+    if getattr(images, "ndim", 0) not in (3, 4):
+        raise ValueError(f"images must be shaped (N, H, W) or (N, 1, H, W), got {tuple(getattr(images, 'shape', ()))}")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    n = len(images)
+    rows = -(-n // ncols)
+    fig, axes = plt.subplots(rows, min(ncols, n), figsize=(1.1 * min(ncols, n), 1.25 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            img = images[i]
+            img = img.detach().cpu().numpy() if hasattr(img, "detach") else img  # torch -> numpy for imshow
+            ax.imshow(img[0] if img.ndim == 3 else img, cmap=cmap)
+            if labels is not None:
+                ax.set_title(str(int(labels[i])), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
