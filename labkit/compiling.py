@@ -1,0 +1,178 @@
+"""Compilation: what ``torch.compile`` costs up front, what it saves per step, and when it pays.
+
+Lesson ``02_one_device_efficiency``. ``torch.compile`` traces Python into a graph (Dynamo),
+and Inductor turns the graph into fused kernels (C++/OpenMP on a CPU, Triton on a GPU). The
+first call pays the compile time C; each later step is faster by ``eager - compiled``, so::
+
+    break-even steps = C / (t_eager - t_compiled)          (never, if compiled is not faster)
+
+Fusion is where much of the speed comes from on pointwise chains: eagerly, each operation
+reads its inputs from memory and writes its result back; a fused kernel reads the inputs once
+and writes the output once, keeping the intermediates in registers::
+
+    bytes moved = sum over ops of (tensors read + tensors written) x numel x element size  (eager)
+                = (distinct inputs + outputs) x numel x element size                     (fused)
+
+XLA (JAX, and PyTorch on TPUs through torch_xla) works the same way, but compiles the whole
+program, always: TPUs only run compiled graphs, and a new input shape means a new compilation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from labkit.devices import synchronize
+from labkit.profiling import compare_times
+
+# The fusion example: add a bias, GELU, scale, add the input back (a residual).
+# (tensors read, tensors written) per eager op, counting only full-size tensors:
+CHAIN_OPS = (("add bias", 1, 1), ("gelu", 1, 1), ("mul 0.5", 1, 1), ("add x", 2, 1))
+
+
+def pointwise_chain(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``gelu(x + bias) * 0.5 + x``: four pointwise ops that Inductor fuses into one kernel."""
+    return nn.functional.gelu(x + bias) * 0.5 + x
+
+
+def traffic_bytes(numel: int, element_size: int = 4, *, ops: Sequence[tuple] = CHAIN_OPS, fused: bool = False,
+                  inputs: int = 1, outputs: int = 1) -> int:
+    """Bytes a chain of pointwise ``ops`` moves through memory, eagerly or fused (module doc)."""
+    for name, v in (("numel", numel), ("element_size", element_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if fused:
+        return (inputs + outputs) * numel * element_size
+    return sum(reads + writes for _, reads, writes in ops) * numel * element_size
+
+
+def break_even_steps(compile_seconds: float, eager_step: float, compiled_step: float) -> float:
+    """Steps after which compiling has paid for itself: ``C / (eager - compiled)``; ``inf`` if
+    the compiled step is not faster."""
+    for name, v in (("compile_seconds", compile_seconds), ("eager_step", eager_step), ("compiled_step", compiled_step)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or math.isnan(v):
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    saved = eager_step - compiled_step
+    return compile_seconds / saved if saved > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    """Compile time and per-step times (seconds) of one function, eager vs compiled."""
+
+    label: str
+    compile_seconds: float
+    eager: float
+    compiled: float
+    error: str = ""  # why compilation failed, if it did (then the times are eager only)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def speedup(self) -> float:
+        return self.eager / self.compiled if self.ok and self.compiled > 0 else math.nan
+
+    @property
+    def break_even(self) -> float:
+        return break_even_steps(self.compile_seconds, self.eager, self.compiled) if self.ok else math.inf
+
+    def __str__(self) -> str:
+        if not self.ok:
+            return f"{self.label}: torch.compile failed here ({self.error}); eager step {self.eager * 1e3:.2f} ms"
+        be = "never" if math.isinf(self.break_even) else f"{self.break_even:,.0f} steps"
+        return (f"{self.label}: compile {self.compile_seconds:.1f} s; step {self.eager * 1e3:.2f} ms eager -> "
+                f"{self.compiled * 1e3:.2f} ms compiled ({self.speedup:.2f}x); pays back after {be}")
+
+
+def compare_compiled(eager_fn: Callable[[], object], compiled_fn: Callable[[], object], *, label: str = "",
+                     device=None, min_run_time: float = 0.3, rounds: int = 3) -> CompileReport:
+    """Time ``compiled_fn``'s first call (which compiles), then both functions' steady steps.
+
+    ``compile_seconds = first call - one compiled step``. Steady steps are timed in ``rounds``
+    interleaved rounds (``labkit.profiling.compare_times``). If compiling raises (no C++
+    compiler, an unsupported operation), the error is caught and reported in the result.
+    """
+    if not callable(eager_fn) or not callable(compiled_fn):
+        raise TypeError("eager_fn and compiled_fn must be callables taking no arguments")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    start = time.perf_counter()
+    try:
+        compiled_fn()
+        synchronize(dev)
+    except Exception as err:  # e.g. torch._inductor.exc.InvalidCxxCompiler, BackendCompilerFailed
+        last = str(err).strip().splitlines()
+        eager = compare_times({"eager": eager_fn}, rounds=1, device=dev, min_run_time=min_run_time)["eager"]
+        return CompileReport(label, math.nan, eager, math.nan, f"{type(err).__name__}: {last[0] if last else ''}"[:300])
+    first = time.perf_counter() - start
+    t = compare_times({"eager": eager_fn, "compiled": compiled_fn}, rounds=rounds, device=dev,
+                      min_run_time=min_run_time / rounds)
+    return CompileReport(label, max(first - t["compiled"], 0.0), t["eager"], t["compiled"])
+
+
+def compile_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: Callable | None = None,
+                          lr: float = 1e-2, mode: str | None = None, min_run_time: float = 0.3,
+                          rounds: int = 3) -> CompileReport:
+    """Compare a training step (forward, backward, SGD step) of ``model`` eager vs
+    ``torch.compile(model)`` (forward and backward both compiled). A deep copy is compiled,
+    so ``model`` itself stays eager."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, mode=mode)
+
+    def stepper(m, params):
+        opt = torch.optim.SGD(params, lr=lr)
+
+        def step():
+            loss = loss_fn(m(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    return compare_compiled(stepper(model, model.parameters()), stepper(compiled, twin.parameters()),
+                            label=f"{type(model).__name__} training step", device=x.device, min_run_time=min_run_time,
+                            rounds=rounds)
+
+
+def inductor_cache_dir() -> Path | None:
+    """Where Inductor caches compiled kernels on disk (a second run of a notebook compiles
+    faster because of it), or None if this torch does not say."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return None
+    return Path(cache_dir())
+
+
+def generated_kernels(fn: Callable, *args) -> tuple[list[str], str]:
+    """Compile ``fn``, run it on ``args`` and return ``(kernel names, generated source)``.
+
+    Kernel names such as ``cpp_fused_add_gelu_mul_0`` list the operations fused into each."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    from torch._inductor.utils import run_and_get_code
+
+    _, sources = run_and_get_code(torch.compile(fn), *args)
+    code = "\n".join(sources)
+    names = sorted(set(re.findall(r"\b((?:cpp|triton)_\w*fused\w*)\b", code)))
+    return names, code
+
+
+def kernel_excerpt(code: str, name: str, lines: int = 30) -> str:
+    """The first ``lines`` lines of kernel ``name`` in Inductor's generated ``code``."""
+    start = code.find(f"{name} = ")
+    if start < 0:
+        raise ValueError(f"no kernel named {name!r} in the generated code")
+    return "\n".join(code[start:].splitlines()[:lines])
