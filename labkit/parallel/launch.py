@@ -21,6 +21,7 @@ import io
 import os
 import queue as queue_mod
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -100,14 +101,23 @@ def _entry(rank, world_size, worker, args, kwargs, backend, host, port, threads,
         buf = io.BytesIO()
         torch.save(value, buf)  # bytes, not shared-memory tensors: safe after this process exits
         results.put(("ok", rank, buf.getvalue()))
+        code = 0
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))
+        code = 1
     finally:
         if dist.is_initialized():
             try:
                 dist.destroy_process_group()
             except Exception:
                 pass
+    # The report is in the queue: flush it and leave without the interpreter's slow teardown of
+    # torch (1-3 s per launch on a busy 2-core machine), which would only delay the caller.
+    results.close()
+    results.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _stop(procs) -> None:
@@ -121,6 +131,14 @@ def _stop(procs) -> None:
         if p.is_alive():
             p.kill()
             p.join(2)
+
+
+def _silent_exit(exitcode: int) -> str:
+    why = f"process exited with code {exitcode} without reporting (killed, out of memory, or os._exit)"
+    if exitcode == 1:  # spawn could not even start the worker: the traceback is on the terminal's stderr
+        why += ("; if it failed while starting, its traceback is on stderr - a script that calls launch() "
+                "needs an `if __name__ == '__main__':` guard")
+    return why
 
 
 def _root_cause(procs, results, outputs, rank: int, payload: str) -> WorkerError:
@@ -138,8 +156,7 @@ def _root_cause(procs, results, outputs, rank: int, payload: str) -> WorkerError
     for r, p in enumerate(procs):
         if r not in outputs and r not in errors and p.exitcode not in (None, 0):
             others = "; ".join(f"rank {k}: {v.strip().splitlines()[-1]}" for k, v in errors.items())
-            return WorkerError(r, f"process exited with code {p.exitcode} without reporting (killed, out of "
-                                  f"memory, or os._exit); its peers then failed ({others})")
+            return WorkerError(r, f"{_silent_exit(p.exitcode)}; its peers then failed ({others})")
     return WorkerError(rank, payload)
 
 
@@ -156,6 +173,8 @@ def launch(worker: Callable, world_size: int, *args, backend: str | None = None,
         raise TypeError(f"world_size must be an int, got {type(world_size).__name__}")
     if not 1 <= world_size <= MAX_LOCAL_WORLD:
         raise ValueError(f"world_size must be between 1 and {MAX_LOCAL_WORLD} local processes, got {world_size}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
     if timeout <= 0:
         raise ValueError(f"timeout must be positive seconds, got {timeout}")
     backend = backend or default_backend(world_size)
@@ -163,6 +182,9 @@ def launch(worker: Callable, world_size: int, *args, backend: str | None = None,
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
     if backend == "nccl" and torch.cuda.device_count() < world_size:
         raise ValueError(f"nccl needs one GPU per rank: world_size {world_size} but {torch.cuda.device_count()} GPUs")
+    if threads_per_rank is not None and (isinstance(threads_per_rank, bool) or not isinstance(threads_per_rank, int)
+                                         or threads_per_rank < 1):
+        raise ValueError(f"threads_per_rank must be a positive int or None, got {threads_per_rank!r}")
     port = free_port(host) if port is None else check_port(port, host)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = threads_per_rank or max(1, cores // world_size)
@@ -186,8 +208,7 @@ def launch(worker: Callable, world_size: int, *args, backend: str | None = None,
                             status, rank, payload = results.get(timeout=1.0)
                             break
                         except queue_mod.Empty:
-                            raise WorkerError(r, f"process exited with code {p.exitcode} without reporting "
-                                                 "(killed, out of memory, or os._exit)") from None
+                            raise WorkerError(r, _silent_exit(p.exitcode)) from None
                 else:
                     if time.monotonic() > deadline:
                         waiting = sorted(set(range(world_size)) - set(outputs))

@@ -1,0 +1,417 @@
+"""Pipeline parallelism from first principles: a model cut by layers across ranks (lesson 04).
+
+Rank ``s`` holds stage ``s`` (a contiguous run of layers). Forward: it receives the activation
+from rank ``s-1``, runs its layers and sends the result to rank ``s+1``. Backward: it receives
+the gradient of the loss with respect to that result from rank ``s+1``, back-propagates through
+its layers (accumulating its own parameters' gradients) and sends the gradient with respect to
+its input to rank ``s-1``: ``out.backward(grad_out)``; ``send(inp.grad)``. Nothing else crosses
+the cut, so the split model computes exactly what the unsplit one does.
+
+Cutting the batch into ``m`` micro-batches lets stages work at the same time. Each rank runs its
+list of ``('F', i)`` / ``('B', i)`` ops from :mod:`labkit.parallel.schedule` (GPipe or 1F1B)
+and records when each op started and ended, so the measured idle share can be set against
+``(p-1)/(m+p-1)``. A :class:`LiveActivationMeter` counts the bytes autograd keeps for backward:
+the activation memory that grows with the micro-batches in flight.
+
+Workers (run them with :func:`labkit.parallel.launch.launch`): :func:`pipeline_worker`,
+:func:`bubble_worker`, :func:`torch_pipelining_worker`; :func:`reference_run` is the same
+training in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from labkit.devices import synchronize
+from labkit.models import MLP
+from labkit.parallel.launch import rank_device
+from labkit.parallel.schedule import Slot, make_schedule
+from labkit.parallel.strategies import CountingComm, require_group
+
+
+def partition(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
+    """Cut ``costs`` into ``parts`` contiguous ranges ``[a, b)`` minimising the costliest range
+    (the slowest stage sets the pipeline's pace). Dynamic programming, O(n^2 parts)."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"parts must be a positive int, got {parts!r}")
+    n = len(costs)
+    if n < parts:
+        raise ValueError(f"cannot cut {n} layers into {parts} non-empty stages")
+    if any(c < 0 for c in costs):
+        raise ValueError(f"costs must be >= 0, got {list(costs)}")
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]  # best[k][j]: first j layers in k stages
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for k in range(1, parts + 1):
+        for j in range(k, n + 1):
+            for i in range(k - 1, j):
+                worst = max(best[k - 1][i], prefix[j] - prefix[i])
+                if worst < best[k][j]:
+                    best[k][j], cut[k][j] = worst, i
+    bounds, j = [], n
+    for k in range(parts, 0, -1):
+        bounds.append((cut[k][j], j))
+        j = cut[k][j]
+    return bounds[::-1]
+
+
+def split_model(model: nn.Sequential, stages: int) -> list[nn.Sequential]:
+    """Cut an ``nn.Sequential`` into ``stages`` slices balanced by parameter count.
+
+    A layer with parameters and the parameter-free layers after it (activations) stay
+    together; the slices keep the original names, so ``state_dict`` keys match the model's."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
+    has_params = [any(True for _ in layer.parameters()) for layer in model]
+    groups: list[list[int]] = []
+    for i, has in enumerate(has_params):
+        if not groups or (has and any(has_params[j] for j in groups[-1])):
+            groups.append([i])  # a new group starts at each layer with parameters
+        else:
+            groups[-1].append(i)  # activations (and leading flatten) join the group before them
+    costs = [sum(p.numel() for j in g for p in model[j].parameters()) for g in groups]
+    if len(groups) < stages:
+        raise ValueError(f"stages={stages} but the model has only {len(groups)} layers with parameters")
+    return [model[groups[a][0]: groups[b - 1][-1] + 1] for a, b in partition(costs, stages)]
+
+
+def make_problem(width: int = 64, depth: int = 4, batch: int = 32, *, seed: int = 0, device=None):
+    """The lesson's model and data, identical on every rank: ``labkit.models.MLP`` with ``depth``
+    equal ``width x width`` layers (equal-cost stages), inputs ``x`` and regression targets ``y``
+    (drawn on the CPU, then moved to ``device``)."""
+    for name, v in (("width", width), ("depth", depth), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    torch.manual_seed(seed)  # layer initialisation uses the default generator
+    model = MLP(input_shape=(width,), hidden=(width,) * (depth - 1), num_classes=width)
+    g = torch.Generator().manual_seed(seed + 1)
+    x, y = torch.randn(batch, width, generator=g), torch.randn(batch, width, generator=g)
+    if device is None:
+        return model, x, y
+    dev = torch.device(device)
+    return model.to(dev), x.to(dev), y.to(dev)
+
+
+class _Held:
+    """What the pack hook stores: the tensor, plus a release of its bytes when autograd drops it."""
+
+    __slots__ = ("meter", "key", "tensor")
+
+    def __init__(self, meter, key, tensor):
+        self.meter, self.key, self.tensor = meter, key, tensor
+
+    def __del__(self):
+        self.meter._release(self.key)
+
+
+class LiveActivationMeter:
+    """Bytes autograd keeps for backward *right now* (``current``) and at most (``peak``).
+
+    Unlike :class:`labkit.memory.SavedTensorMeter` (everything saved inside one ``with`` block,
+    lesson 02), this one also sees bytes released when backward frees a micro-batch's graph,
+    which is what a pipeline's peak depends on when forwards and backwards interleave (1F1B).
+    Each saved tensor counts its own bytes (a micro-batch that is a view of the batch counts
+    as the micro-batch); tensors at the same address and size count once; ``exclude`` (the
+    parameters, held anyway) is not counted. Enter it around forwards.
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
+        self._skip = {t.untyped_storage().data_ptr() for t in exclude}
+        self._live: dict[tuple[int, int], list[int]] = {}
+        self.current = self.peak = 0
+        self._ctx = None
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+    def _pack(self, t):
+        if t.untyped_storage().data_ptr() in self._skip:
+            return t
+        key = (t.data_ptr(), t.numel() * t.element_size())
+        entry = self._live.setdefault(key, [0, key[1]])
+        if entry[0] == 0:
+            self.current += key[1]
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+        return _Held(self, key, t)
+
+    @staticmethod
+    def _unpack(held):
+        return held.tensor if isinstance(held, _Held) else held
+
+    def _release(self, key):
+        entry = self._live[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self._live[key]
+
+
+def run_stage(stage: nn.Module, ops: Sequence[tuple[str, int]], comm: CountingComm, *, inputs=None, targets=None,
+              in_shapes: Sequence[tuple[int, ...]] = (), out_shapes: Sequence[tuple[int, ...]] = (),
+              loss_fn=F.mse_loss, batch: int, t0: float = 0.0, meter: LiveActivationMeter | None = None,
+              lookahead: int = 2):
+    """Run this rank's ops; return ``(events, outputs, cpu_seconds)``: timed :class:`Slot` s
+    (seconds after ``t0``, compute only), the last stage's outputs per micro-batch, and the CPU
+    time this thread spent inside the ops (less than their wall time when other programs took
+    the core: ``cpu_seconds / busy wall seconds`` is the share of a core the rank really had).
+
+    ``in_shapes[i]`` / ``out_shapes[i]``: micro-batch ``i``'s activation entering / leaving this
+    stage. Loss of micro-batch ``i`` is weighted by its share of the batch, so the summed
+    gradients equal the full batch's mean-loss gradients. Each receive is posted ``lookahead``
+    receives early (tags: ``2i`` activations, ``2i+1`` gradients), so data arrives while this
+    rank computes instead of after it asks."""
+    rank, world = comm.rank, comm.world_size
+    first, last = rank == 0, rank == world - 1
+    dev = comm.device
+
+    def now():  # on a GPU, wait for the queued kernels before reading the clock
+        synchronize(dev)
+        return time.perf_counter()
+
+    # the receives this rank needs, in the order its ops need them
+    needs = [(k, i) for k, i in ops if (k == "F" and not first) or (k == "B" and not last)]
+    posted, state = {}, {"posted": 0, "used": 0}
+
+    def receive(kind, i):
+        state["used"] += 1
+        while state["posted"] < min(state["used"] + lookahead, len(needs)):
+            k, j = needs[state["posted"]]
+            posted[(k, j)] = (comm.irecv(in_shapes[j], src=rank - 1, tag=2 * j) if k == "F"
+                              else comm.irecv(out_shapes[j], src=rank + 1, tag=2 * j + 1))
+            state["posted"] += 1
+        return posted.pop((kind, i)).wait()
+
+    held, pending, events, outputs, cpu = {}, [], [], {}, 0.0
+    for kind, i in ops:
+        if kind == "F":
+            x = inputs[i] if first else receive("F", i).requires_grad_()
+            start, c0 = now(), time.thread_time()
+            with meter if meter is not None else contextlib.nullcontext():
+                out = stage(x)
+                loss = loss_fn(out, targets[i]) * (len(out) / batch) if last else None
+            events.append(Slot(rank, "F", i, start - t0, now() - t0))
+            cpu += time.thread_time() - c0
+            if last:
+                outputs[i] = out.detach()
+            else:
+                pending.append(comm.isend(out.detach(), dst=rank + 1, tag=2 * i))
+            held[i] = (x, loss if last else out)
+        else:
+            grad = None if last else receive("B", i)
+            x, y = held.pop(i)
+            start, c0 = now(), time.thread_time()
+            torch.autograd.backward(y, grad)
+            events.append(Slot(rank, "B", i, start - t0, now() - t0))
+            cpu += time.thread_time() - c0
+            if not first:
+                pending.append(comm.isend(x.grad, dst=rank - 1, tag=2 * i + 1))
+            del x, y
+    for work in pending:
+        work.wait()
+    return events, [outputs[i] for i in sorted(outputs)], cpu
+
+
+def _setup(width, depth, batch, micro_batches, seed):
+    require_group("this pipeline worker")
+    model, x, y = make_problem(width, depth, batch, seed=seed, device=rank_device())
+    p, rank = dist.get_world_size(), dist.get_rank()
+    stages = split_model(model.layers, p)
+    xs, ys = x.tensor_split(micro_batches), y.tensor_split(micro_batches)
+    h, widths = x[:1], []  # one row through the stages gives the shape at every cut
+    with torch.no_grad():
+        for s in stages:
+            widths.append(tuple(h.shape[1:]))
+            h = s(h)
+    widths.append(tuple(h.shape[1:]))
+    shapes = {"in_shapes": [(len(xi), *widths[rank]) for xi in xs],
+              "out_shapes": [(len(xi), *widths[rank + 1]) for xi in xs]}
+    return stages[rank], xs, ys, shapes
+
+
+def pipeline_worker(width: int = 64, depth: int = 4, batch: int = 32, micro_batches: int = 4, *,
+                    schedule: str = "gpipe", steps: int = 1, lr: float = 0.1, seed: int = 0) -> dict:
+    """Train the split model ``steps`` SGD steps with a pipeline schedule; this rank reports its
+    stage's parameter names, first-step gradients, final parameters, outputs (last rank), saved
+    activation bytes (first step), bytes sent and the timed ops of every step."""
+    if micro_batches > batch:
+        raise ValueError(f"micro_batches={micro_batches} exceeds batch={batch}")
+    stage, xs, ys, shapes = _setup(width, depth, batch, micro_batches, seed)
+    comm = CountingComm(device=rank_device())
+    ops = [(sl.kind, sl.micro) for sl in make_schedule(schedule, comm.world_size, micro_batches)
+           if sl.stage == comm.rank]
+    opt = torch.optim.SGD(stage.parameters(), lr=lr)
+    report = {"rank": comm.rank, "names": [n for n, _ in stage.named_parameters()], "events": []}
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        meter = LiveActivationMeter(stage.parameters()) if step == 0 else None
+        dist.barrier()
+        t0 = time.perf_counter()
+        events, outs, _ = run_stage(stage, ops, comm, inputs=xs, targets=ys, batch=batch, t0=t0, meter=meter,
+                                    **shapes)
+        report["events"].append(events)
+        if step == 0:
+            report["grads"] = {n: p.grad.cpu().clone() for n, p in stage.named_parameters()}
+            report["output"] = torch.cat(outs).cpu() if outs else None
+            report["saved_peak_bytes"] = meter.peak
+            report["sent_bytes"] = comm.bytes("send")
+        opt.step()
+    report["params"] = {n: p.detach().cpu().clone() for n, p in stage.named_parameters()}
+    return report
+
+
+def bubble_worker(width: int = 256, depth: int = 4, micro_batch_size: int = 64, ms: Sequence[int] = (1, 2, 4, 8), *,
+                  schedules: Sequence[str] = ("gpipe",), repeats: int = 3, seed: int = 0) -> list[dict]:
+    """For each schedule and each ``m`` in ``ms``: one warm-up step measuring saved-activation
+    bytes, then ``repeats`` timed steps (micro-batches of fixed size, so the work per op stays
+    the same as ``m`` grows). Returns one row per (schedule, m) with this rank's timed ops."""
+    if not ms or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms):
+        raise ValueError(f"ms must be a non-empty list of positive ints, got {ms!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    rows = []
+    for name in schedules:
+        for m in ms:
+            stage, xs, ys, shapes = _setup(width, depth, m * micro_batch_size, m, seed)
+            # Equal stages: the first one also computes its input's gradient (one more matmul
+            # per layer), as every stage inside a longer pipeline does.
+            xs = [xi.detach().requires_grad_() for xi in xs]
+            comm = CountingComm(device=rank_device())
+            ops = [(sl.kind, sl.micro) for sl in make_schedule(name, comm.world_size, m) if sl.stage == comm.rank]
+            runs, cpus, peak = [], [], 0
+            for r in range(repeats + 1):
+                meter = LiveActivationMeter(stage.parameters()) if r == 0 else None
+                stage.zero_grad(set_to_none=True)
+                dist.barrier()
+                t0 = time.perf_counter()
+                events, _, cpu = run_stage(stage, ops, comm, inputs=xs, targets=ys, batch=m * micro_batch_size,
+                                           t0=t0, meter=meter, **shapes)
+                if r == 0:
+                    peak = meter.peak
+                else:
+                    runs.append(events)
+                    cpus.append(cpu)
+            rows.append({"schedule": name, "m": m, "rank": comm.rank, "runs": runs, "cpu_seconds": cpus,
+                         "saved_peak_bytes": peak})
+    return rows
+
+
+def measured_bubbles(results: Sequence[Sequence[dict]]) -> list[dict]:
+    """Combine :func:`bubble_worker`'s per-rank rows. Per (schedule, m): the idle share of each
+    timed step (all ranks' ops together) and their median (``measured``), the formula, the
+    median idle share of each step replayed with its own op durations and no communication
+    cost (``replayed``), the share of a core the ranks had during their ops (``core_share``:
+    CPU time / wall time; well below 1 means other programs competed and the timeline shows it),
+    median op times, the per-rank saved bytes, and the median step's ops."""
+    from statistics import median
+
+    from labkit.parallel.schedule import bubble_fraction, idle_fraction, replay
+
+    if not results or len({len(r) for r in results}) != 1:
+        raise ValueError("results must hold one list of rows per rank, all of the same length (bubble_worker's output)")
+    p = len(results)
+    table = []
+    for k, row in enumerate(results[0]):
+        per_rank = [results[r][k] for r in range(p)]
+        runs = [sum((pr["runs"][j] for pr in per_rank), []) for j in range(len(row["runs"]))]
+        idle = [idle_fraction(ev) for ev in runs]
+        replayed = [idle_fraction(replay(ev)) for ev in runs]
+        cpu = sum(c for pr in per_rank for c in pr["cpu_seconds"])
+        wall = sum(s.duration for ev in runs for s in ev)
+        fwd = median(s.duration for ev in runs for s in ev if s.kind == "F")
+        bwd = median(s.duration for ev in runs for s in ev if s.kind == "B")
+        table.append({"schedule": row["schedule"], "m": row["m"], "measured": median(idle),
+                      "formula": bubble_fraction(p, row["m"]), "runs": idle, "replayed": median(replayed),
+                      "core_share": cpu / wall if wall > 0 else float("nan"), "t_forward": fwd, "t_backward": bwd,
+                      "saved_peak_bytes": [pr["saved_peak_bytes"] for pr in per_rank],
+                      "events": runs[min(range(len(idle)), key=lambda j: abs(idle[j] - median(idle)))]})
+    return table
+
+
+def reference_run(width: int = 64, depth: int = 4, batch: int = 32, *, steps: int = 1, lr: float = 0.1,
+                  seed: int = 0) -> dict:
+    """The same training in one process, unsplit: outputs and gradients of the first step, and
+    the parameters after ``steps`` SGD steps (what :func:`pipeline_worker` must reproduce)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    model, x, y = make_problem(width, depth, batch, seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    report = {}
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        out = model.layers(x)
+        F.mse_loss(out, y).backward()
+        if step == 0:
+            report["output"] = out.detach()
+            report["grads"] = {n: p.grad.clone() for n, p in model.layers.named_parameters()}
+        opt.step()
+    report["params"] = {n: p.detach().clone() for n, p in model.layers.named_parameters()}
+    return report
+
+
+def torch_pipelining_worker(width: int = 64, depth: int = 4, batch: int = 32, micro_batches: int = 4, *,
+                            seed: int = 0) -> dict:
+    """The same split model through ``torch.distributed.pipelining`` (``PipelineStage`` +
+    ``ScheduleGPipe``): this rank's gradients, and the outputs on the last rank."""
+    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+
+    require_group("torch_pipelining_worker")
+    dev = rank_device()
+    model, x, y = make_problem(width, depth, batch, seed=seed, device=dev)
+    p, rank = dist.get_world_size(), dist.get_rank()
+    stage_mod = split_model(model.layers, p)[rank]
+    stage = PipelineStage(stage_mod, rank, p, dev)
+    # ScheduleGPipe averages the micro-batch losses (scale_grads): the full batch's mean loss.
+    sched = ScheduleGPipe(stage, n_microbatches=micro_batches, loss_fn=F.mse_loss)
+    start = time.perf_counter()
+    out = sched.step(x) if rank == 0 else sched.step(target=y) if rank == p - 1 else sched.step()
+    seconds = time.perf_counter() - start
+    return {"rank": rank, "grads": {n: q.grad.cpu().clone() for n, q in stage_mod.named_parameters()},
+            "output": out.detach().cpu() if rank == p - 1 else None, "seconds": seconds}
+
+
+def equivalence_worker(width: int = 64, depth: int = 4, batch: int = 32, micro_batches: int = 4, *,
+                       steps: int = 3, seed: int = 0) -> dict:
+    """One launch for lesson 04's checks: GPipe and 1F1B (``steps`` SGD steps each) and
+    ``torch.distributed.pipelining``'s GPipe on the same split model."""
+    return {"gpipe": pipeline_worker(width, depth, batch, micro_batches, steps=steps, seed=seed),
+            "1f1b": pipeline_worker(width, depth, batch, micro_batches, schedule="1f1b", steps=steps, seed=seed),
+            "torch": torch_pipelining_worker(width, depth, batch, micro_batches, seed=seed)}
+
+
+def differences(results: Sequence[dict], reference: dict) -> dict:
+    """Largest absolute differences between ranks' reports and a single-process reference:
+    ``output`` (ranks that hold one), ``grads`` and ``params`` (each parameter from the rank
+    that holds it; None when not reported) and ``missing`` (reference parameters no rank held)."""
+    if not results or not isinstance(reference, dict):
+        raise ValueError("give a non-empty list of rank reports and a reference dict")
+
+    def worst(key):
+        seen, diff = set(), 0.0
+        for r in results:
+            for name, t in (r.get(key) or {}).items():
+                seen.add(name)
+                diff = max(diff, float((t.cpu() - reference[key][name]).abs().max()))
+        return (diff if seen else None), seen
+
+    outs = [r["output"] for r in results if r.get("output") is not None]
+    grads, held = worst("grads")
+    params, _ = worst("params")
+    return {"output": max(float((o - reference["output"]).abs().max()) for o in outs) if outs else None,
+            "grads": grads, "params": params, "missing": sorted(set(reference["grads"]) - held)}

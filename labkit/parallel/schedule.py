@@ -1,0 +1,219 @@
+"""Pipeline schedules as plain data: who computes what, when (lesson ``04_model_parallelism``).
+
+A model cut into ``p`` stages (one per rank) processes a batch split into ``m`` micro-batches.
+Each stage runs a forward ``F`` and a backward ``B`` for every micro-batch, and both wait on a
+neighbour: ``F(s, i)`` needs ``F(s-1, i)`` (the activation), ``B(s, i)`` needs ``B(s+1, i)`` (the
+gradient through the cut; on the last stage it needs its own ``F``). A *schedule* is the order in
+which each stage runs its ``2m`` operations; :func:`simulate` turns orders plus the cost of an
+``F`` and a ``B`` into timed :class:`Slot` s, so the same code explains the plan and, fed with
+measured times, the run.
+
+* **GPipe** (:func:`gpipe`): every forward, then every backward. Time ``(m+p-1)(t_F+t_B)``, of
+  which each stage is busy ``m(t_F+t_B)``: the idle share, the *bubble*, is
+  ``(p-1)/(m+p-1)`` (:func:`bubble_fraction`). Each stage holds the activations of all ``m``
+  micro-batches before its first backward.
+* **1F1B** (:func:`one_f_one_b`): after ``p-1-s`` warm-up forwards, stage ``s`` alternates one
+  forward and one backward. Same bubble, but at most ``p - s`` micro-batches in flight
+  (:func:`peak_in_flight`), so activation memory stops growing with ``m``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+KINDS = ("F", "B")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One operation of a schedule: stage ``stage`` runs ``kind`` ('F' or 'B') of micro-batch
+    ``micro`` from ``start`` to ``end`` (time units when planned, seconds when measured)."""
+
+    stage: int
+    kind: str
+    micro: int
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def _check_count(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_cost(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return float(value)
+
+
+def bubble_fraction(stages: int, micro_batches: int) -> float:
+    """Idle share of a GPipe (or 1F1B) step with equal-cost stages: ``(p-1)/(m+p-1)``."""
+    p, m = _check_count("stages", stages), _check_count("micro_batches", micro_batches)
+    return (p - 1) / (m + p - 1)
+
+
+def gpipe_order(stages: int, micro_batches: int) -> list[list[tuple[str, int]]]:
+    """Per stage: ``F0 .. F(m-1)`` then ``B0 .. B(m-1)`` (torch's ``ScheduleGPipe`` order)."""
+    p, m = _check_count("stages", stages), _check_count("micro_batches", micro_batches)
+    return [[("F", i) for i in range(m)] + [("B", i) for i in range(m)] for _ in range(p)]
+
+
+def one_f_one_b_order(stages: int, micro_batches: int) -> list[list[tuple[str, int]]]:
+    """Per stage ``s``: ``min(p-1-s, m)`` warm-up forwards, then F/B pairs, then the last backwards."""
+    p, m = _check_count("stages", stages), _check_count("micro_batches", micro_batches)
+    orders = []
+    for s in range(p):
+        warm = min(p - 1 - s, m)
+        ops = [("F", i) for i in range(warm)]
+        for i in range(m - warm):
+            ops += [("F", warm + i), ("B", i)]
+        ops += [("B", i) for i in range(m - warm, m)]
+        orders.append(ops)
+    return orders
+
+
+def simulate(orders: Sequence[Sequence[tuple[str, int]]], *, t_forward: float = 1.0,
+             t_backward: float = 2.0, durations: Mapping[tuple[int, str, int], float] | None = None) -> list[Slot]:
+    """Time a schedule: each op starts when its stage is free and its dependency has ended.
+
+    ``orders[s]`` lists stage ``s``'s ops as ``('F', i)`` / ``('B', i)``; every stage must run
+    each micro-batch's F and B once. An op lasts ``t_forward`` / ``t_backward``, unless
+    ``durations[(stage, kind, micro)]`` says otherwise. Raises ValueError if the orders deadlock.
+    """
+    if not isinstance(orders, Sequence) or not orders:
+        raise ValueError("orders must be a non-empty list with one list of ops per stage")
+    tf, tb = _check_cost("t_forward", t_forward), _check_cost("t_backward", t_backward)
+    p = len(orders)
+    m = sum(1 for k, _ in orders[0] if k == "F")
+    for s, ops in enumerate(orders):
+        if sorted(ops) != sorted([("B", i) for i in range(m)] + [("F", i) for i in range(m)]):
+            raise ValueError(f"orders[{s}] must hold ('F', i) and ('B', i) once for each i in 0..{m - 1}, got {list(ops)}")
+    end: dict[tuple[int, str, int], float] = {}
+    free, nxt, slots = [0.0] * p, [0] * p, []
+    while len(slots) < 2 * m * p:
+        progressed = False
+        for s in range(p):
+            while nxt[s] < len(orders[s]):
+                kind, i = orders[s][nxt[s]]
+                if kind == "F":
+                    deps = [(s - 1, "F", i)] if s > 0 else []
+                else:
+                    deps = [(s, "F", i)] + ([(s + 1, "B", i)] if s < p - 1 else [])
+                if any(d not in end for d in deps):
+                    break
+                start = max([free[s]] + [end[d] for d in deps])
+                cost = durations.get((s, kind, i)) if durations else None
+                stop = start + (cost if cost is not None else tf if kind == "F" else tb)
+                slots.append(Slot(s, kind, i, start, stop))
+                end[(s, kind, i)], free[s] = stop, stop
+                nxt[s] += 1
+                progressed = True
+        if not progressed:
+            raise ValueError("orders deadlock: every stage waits on an op that never runs")
+    return sorted(slots, key=lambda sl: (sl.stage, sl.start))
+
+
+def gpipe(stages: int, micro_batches: int, *, t_forward: float = 1.0, t_backward: float = 2.0) -> list[Slot]:
+    """The timed GPipe schedule (all forwards, then all backwards)."""
+    return simulate(gpipe_order(stages, micro_batches), t_forward=t_forward, t_backward=t_backward)
+
+
+def one_f_one_b(stages: int, micro_batches: int, *, t_forward: float = 1.0, t_backward: float = 2.0) -> list[Slot]:
+    """The timed 1F1B schedule (PipeDream-Flush / Megatron's non-interleaved schedule)."""
+    return simulate(one_f_one_b_order(stages, micro_batches), t_forward=t_forward, t_backward=t_backward)
+
+
+def replay(measured: Sequence[Slot]) -> list[Slot]:
+    """Re-simulate a measured run: each stage's ops in the order they ran, each lasting as long
+    as it did, with instant communication. ``idle_fraction(measured) - idle_fraction(replay)``
+    is the idle time that uneven op durations don't explain (send/recv, waiting on the OS)."""
+    measured = _check_slots(measured)
+    stages = sorted({s.stage for s in measured})
+    if stages != list(range(len(stages))):
+        raise ValueError(f"measured slots must cover stages 0..p-1, got {stages}")
+    orders = [[(s.kind, s.micro) for s in sorted((x for x in measured if x.stage == st), key=lambda x: x.start)]
+              for st in stages]
+    return simulate(orders, durations={(s.stage, s.kind, s.micro): s.duration for s in measured})
+
+
+SCHEDULES = {"gpipe": gpipe, "1f1b": one_f_one_b}
+
+
+def make_schedule(name: str, stages: int, micro_batches: int, **costs) -> list[Slot]:
+    """``make_schedule('gpipe' | '1f1b', p, m)``."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {name!r}")
+    return SCHEDULES[name](stages, micro_batches, **costs)
+
+
+def _check_slots(slots) -> list[Slot]:
+    slots = list(slots)
+    if not slots or not all(isinstance(s, Slot) for s in slots):
+        raise ValueError("slots must be a non-empty list of Slot")
+    return slots
+
+
+def idle_fraction(slots: Sequence[Slot]) -> float:
+    """Measured bubble of any timed schedule: ``1 - busy / (stages x makespan)``.
+
+    Planned slots give exactly :func:`bubble_fraction`; measured slots (seconds) give the real
+    idle share, waiting on communication included.
+    """
+    slots = _check_slots(slots)
+    stages = len({s.stage for s in slots})
+    span = max(s.end for s in slots) - min(s.start for s in slots)
+    return 1.0 - sum(s.duration for s in slots) / (stages * span)
+
+
+def peak_in_flight(slots: Sequence[Slot]) -> list[int]:
+    """Per stage, the most micro-batches whose forward ended but whose backward has not: the
+    number of activation sets that stage must hold at once."""
+    slots = _check_slots(slots)
+    peaks = []
+    for s in sorted({sl.stage for sl in slots}):
+        live = peak = 0
+        for sl in sorted((x for x in slots if x.stage == s), key=lambda x: (x.start, x.kind == "F")):
+            live += 1 if sl.kind == "F" else -1
+            peak = max(peak, live)
+        peaks.append(peak)
+    return peaks
+
+
+def slot_at(slots: Sequence[Slot], stage: int, t: float) -> Slot | None:
+    """The op stage ``stage`` runs at time ``t`` (start inclusive, end exclusive), or None if idle."""
+    for sl in _check_slots(slots):
+        if sl.stage == stage and sl.start <= t < sl.end:
+            return sl
+    return None
+
+
+def render(slots: Sequence[Slot]) -> str:
+    """The schedule as text, one row per stage and one column per time unit ('.' = idle).
+
+    Needs whole-number times (planned schedules with integer costs)."""
+    slots = _check_slots(slots)
+    if any(float(s.start) != int(s.start) or float(s.end) != int(s.end) for s in slots):
+        raise ValueError("render needs whole-number start/end times (use integer t_forward / t_backward)")
+    stages = sorted({s.stage for s in slots})
+    span = int(max(s.end for s in slots))
+    width = 1 + len(str(max(s.micro for s in slots)))
+    rows = []
+    for st in stages:
+        cells = ["." * width] * span
+        for sl in slots:
+            if sl.stage == st:
+                for t in range(int(sl.start), int(sl.end)):
+                    cells[t] = f"{sl.kind}{sl.micro}".ljust(width)
+        rows.append(f"stage {st} | " + " ".join(cells))
+    return "\n".join(rows)

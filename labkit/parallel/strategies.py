@@ -1,0 +1,299 @@
+"""When to use which: what data, pipeline and tensor parallelism send and store (lesson 04).
+
+For the lesson's model - ``L`` equal ``d x d`` Linear layers (``P = L (d^2 + d)`` parameters)
+trained on a batch of ``B`` rows over ``p`` ranks, ``e`` bytes per number - one training step
+costs each rank:
+
+============  =======================================  =====================================
+strategy      sent per rank per step                   parameters per rank / activations
+============  =======================================  =====================================
+data (DP)     all-reduce of all gradients: ``P e``      ``P`` / ``B/p`` rows through ``L`` layers
+              (a ring puts ``2(p-1)/p P e`` on the wire)
+pipeline (PP) activations and their gradients at the    ``P/p`` / GPipe: ``B`` rows through
+              cuts: ``B d e`` each way (<= ``2 B d e``)  ``L/p`` layers; 1F1B: ``min(p, m)/m`` of it
+tensor (TP)   ``L - 1`` all-reduces of ``B d e``        ``~P/p`` / full rows at each pair's input
+============  =======================================  =====================================
+
+DP's traffic grows with the model, PP's and TP's with the batch; TP's sits on the critical path
+of every layer pair, so it wants the fastest link. :class:`CountingComm` wraps torch.distributed
+and counts every byte the lesson's code hands to it, so :func:`strategy_table` can be checked
+against the bytes actually sent (``tests/test_strategies.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class _Pending:
+    """An ``isend`` / ``irecv`` in flight; keeps its tensor alive until ``wait()``."""
+
+    def __init__(self, work, tensor):
+        self.work, self.tensor = work, tensor
+
+    def wait(self) -> torch.Tensor:
+        """Block until done; returns the tensor (the received data, for an ``irecv``)."""
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+        return self.tensor
+
+
+class CountingComm:
+    """torch.distributed point-to-point and collectives that log ``(op, bytes)`` for each call.
+
+    Outside a process group it acts as a group of one (collectives are identities), so layers
+    built on it also run, and are tested, in a single process. ``device`` is where received
+    tensors land (the rank's GPU under NCCL)."""
+
+    def __init__(self, group=None, *, device: str | torch.device = "cpu"):
+        self.group = group
+        self.device = torch.device(device)
+        self.log: list[tuple[str, int]] = []
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group) if dist.is_initialized() else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size(self.group) if dist.is_initialized() else 1
+
+    def _count(self, op: str, tensor) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+        self.log.append((op, tensor.numel() * tensor.element_size()))
+
+    def _peer(self, name: str, peer) -> int:
+        if isinstance(peer, bool) or not isinstance(peer, int) or not 0 <= peer < self.world_size or peer == self.rank:
+            raise ValueError(f"{name} must be another rank in 0..{self.world_size - 1}, got {peer!r}")
+        return peer
+
+    def isend(self, tensor: torch.Tensor, dst: int, *, tag: int = 0) -> _Pending:
+        """Start sending ``tensor`` to rank ``dst``; call ``.wait()`` on the result before reusing it.
+        The receiver must ask for the same ``tag``."""
+        self._count("send", tensor)
+        t = tensor.detach().contiguous()
+        return _Pending(dist.isend(t, self._peer("dst", dst), group=self.group, tag=tag), t)
+
+    def irecv(self, shape, src: int, *, tag: int = 0, dtype: torch.dtype = torch.float32) -> _Pending:
+        """Post a receive of a ``shape`` tensor from rank ``src`` now; ``.wait()`` returns it.
+        Posting receives before they are needed lets the data arrive while this rank computes."""
+        buf = torch.empty(tuple(shape), dtype=dtype, device=self.device)
+        work = dist.irecv(buf, self._peer("src", src), group=self.group, tag=tag)
+        self._count("recv", buf)
+        return _Pending(work, buf)
+
+    def recv(self, shape, src: int, *, tag: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Receive a tensor of ``shape`` from rank ``src`` (blocking)."""
+        return self.irecv(shape, src, tag=tag, dtype=dtype).wait()
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks, in place; returns it."""
+        self._count("all_reduce", tensor)
+        if self.world_size > 1:
+            dist.all_reduce(tensor, group=self.group)
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor``, in rank order."""
+        self._count("all_gather", tensor)
+        if self.world_size == 1:
+            return [tensor]
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor, group=self.group)
+        return parts
+
+    def bytes(self, op: str | None = None) -> int:
+        """Bytes handed to ``op`` ('send', 'recv', 'all_reduce', 'all_gather'), or to all ops
+        that send ('send' + collectives) when ``op`` is None."""
+        if op is not None and op not in ("send", "recv", "all_reduce", "all_gather"):
+            raise ValueError(f"op must be 'send', 'recv', 'all_reduce', 'all_gather' or None, got {op!r}")
+        return sum(n for o, n in self.log if (o == op if op else o != "recv"))
+
+    def wire_bytes(self) -> float:
+        """Bytes this rank puts on the wire under ring algorithms: a send as is, an all-reduce
+        ``2(p-1)/p`` of its size (reduce-scatter + all-gather), an all-gather ``(p-1)`` shards."""
+        p = self.world_size
+        factor = {"send": 1.0, "all_reduce": 2 * (p - 1) / p, "all_gather": p - 1.0, "recv": 0.0}
+        return sum(factor[o] * n for o, n in self.log)
+
+
+def require_group(worker: str) -> None:
+    """Raise RuntimeError unless a torch.distributed process group is up (every worker needs one)."""
+    if not dist.is_initialized():
+        raise RuntimeError(f"{worker} is a worker: run it on several processes with "
+                           "labkit.parallel.launch.launch (or torchrun -m labkit.parallel.run)")
+
+
+def counting_allreduce_hook(comm: CountingComm, bucket):
+    """A DDP communication hook: log the bucket's bytes on ``comm``, then DDP's default all-reduce.
+    ``ddp.register_comm_hook(comm, counting_allreduce_hook)``."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    comm._count("all_reduce", bucket.buffer())
+    return default_hooks.allreduce_hook(comm.group, bucket)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The lesson's model and batch: ``depth`` Linear(width, width) layers (ReLU between, MSE
+    loss), ``batch`` rows, over ``ranks`` ranks; ``micro_batches`` for pipelines; Adam keeps
+    ``optimizer_slots=2`` numbers per parameter."""
+
+    width: int
+    depth: int
+    batch: int
+    ranks: int
+    micro_batches: int = 1
+    bytes_per_element: int = 4
+    optimizer_slots: int = 2
+
+    def __post_init__(self):
+        for name in ("width", "depth", "batch", "ranks", "micro_batches", "bytes_per_element"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.optimizer_slots < 0:
+            raise ValueError(f"optimizer_slots must be >= 0, got {self.optimizer_slots}")
+        if self.depth % self.ranks or self.batch % self.ranks or self.batch % self.micro_batches:
+            raise ValueError(f"depth ({self.depth}) and batch ({self.batch}) must divide by ranks ({self.ranks}), "
+                             f"and batch by micro_batches ({self.micro_batches})")
+
+
+def _memory(params: float, acts: list[float], w: Workload) -> dict:
+    e = w.bytes_per_element
+    state = params * (2 + w.optimizer_slots) * e  # parameters + gradients + optimizer state
+    return {"params_per_rank": params, "activation_bytes_per_rank": [a * e for a in acts],
+            "memory_bytes": state + max(acts) * e}
+
+
+def strategy_table(w: Workload) -> list[dict]:
+    """One row per strategy (DP, PP with GPipe and 1F1B, TP): bytes each rank hands to
+    communication per step (``sent_per_rank``), the ring wire bytes, parameters and saved
+    activation bytes per rank (what autograd keeps: each layer's input, the last ReLU's output,
+    and the loss's output and target), and the memory total with gradients and optimizer state."""
+    if not isinstance(w, Workload):
+        raise TypeError(f"w must be a Workload, got {type(w).__name__}")
+    d, L, B, p, m, e = w.width, w.depth, w.batch, w.ranks, w.micro_batches, w.bytes_per_element
+    P = L * (d * d + d)
+    ring = 2 * (p - 1) / p
+    k = L // p  # layers per pipeline stage
+    rows = []
+    dp_sent = P * e if p > 1 else 0
+    rows.append({"strategy": "DP", "sent_per_rank": [dp_sent] * p, "wire_per_rank": ring * P * e,
+                 **_memory(P, [(L + 2) * (B // p) * d] * p, w),
+                 "when": "the model fits on one device; traffic grows with the parameters, overlaps backward"})
+    pp_sent = [B * d * e * ((s < p - 1) + (s > 0)) for s in range(p)]
+    per_micro = [(k + (2 if s == p - 1 else 1)) * (B // m) * d for s in range(p)]
+    gpipe = [pm * m for pm in per_micro]
+    onefb = [pm * min(p - s, m) for s, pm in enumerate(per_micro)]
+    for name, acts in (("PP (GPipe)", gpipe), ("PP (1F1B)", onefb)):
+        rows.append({"strategy": name, "sent_per_rank": pp_sent, "wire_per_rank": max(pp_sent),
+                     **_memory(k * (d * d + d), acts, w),
+                     "when": f"the model does not fit; traffic only at the cuts; idle share (p-1)/(m+p-1) = "
+                             f"{(p - 1) / (m + p - 1):.2f}"})
+    if L % 2 == 0 and d % p == 0:
+        calls = L - 1 if p > 1 else 0  # one forward all-reduce per pair, one backward except the first pair
+        tp_params = (L // 2) * (2 * d * d // p + d // p + d)
+        tp_acts = (L // 2) * (B * d + B * d // p) + 2 * B * d
+        rows.append({"strategy": "TP", "sent_per_rank": [calls * B * d * e] * p, "wire_per_rank": ring * calls * B * d * e,
+                     **_memory(tp_params, [tp_acts] * p, w),
+                     "when": "single layers too big, or latency matters; traffic every layer pair, on the "
+                             "critical path: needs a fast link (inside one machine)"})
+    return rows
+
+
+def human_bytes(n: float) -> str:
+    """``1536 -> '1.5 KB'`` (powers of 1024)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def format_table(rows: list[dict]) -> str:
+    """:func:`strategy_table`'s rows as aligned text (busiest rank's figures)."""
+    if not rows:
+        raise ValueError("rows is empty")
+    head = f"{'strategy':<11} {'sent/rank':>10} {'on wire':>10} {'params/rank':>12} {'activations':>12} {'memory':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['strategy']:<11} {human_bytes(max(r['sent_per_rank'])):>10} {human_bytes(r['wire_per_rank']):>10} "
+                     f"{r['params_per_rank']:>12,.0f} {human_bytes(max(r['activation_bytes_per_rank'])):>12} "
+                     f"{human_bytes(r['memory_bytes']):>10}")
+    return "\n".join(lines)
+
+
+def ddp_bytes_worker(width: int = 64, depth: int = 4, batch: int = 32, *, seed: int = 0) -> dict:
+    """One DDP step of the lesson's MLP with :func:`counting_allreduce_hook`: bytes all-reduced,
+    parameters and saved activation bytes on this rank (to check the DP row)."""
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from labkit.parallel.launch import rank_device
+    from labkit.parallel.pipeline import LiveActivationMeter, make_problem
+
+    require_group("ddp_bytes_worker")
+    dev = rank_device()
+    model, x, y = make_problem(width, depth, batch, seed=seed, device=dev)
+    comm = CountingComm(device=dev)
+    ddp = DDP(model.layers, device_ids=[dev.index] if dev.type == "cuda" else None)
+    ddp.register_comm_hook(comm, counting_allreduce_hook)
+    xs, ys = x.tensor_split(comm.world_size), y.tensor_split(comm.world_size)
+    meter = LiveActivationMeter(ddp.parameters())
+    with meter:
+        loss = F.mse_loss(ddp(xs[comm.rank]), ys[comm.rank])
+    loss.backward()
+    return {"rank": comm.rank, "all_reduce_bytes": comm.bytes("all_reduce"), "saved_peak_bytes": meter.peak,
+            "n_params": sum(p.numel() for p in ddp.parameters())}
+
+
+def measure_worker(width: int = 64, depth: int = 4, batch: int = 32, micro_batches: int = 4, *, seed: int = 0) -> dict:
+    """Run every strategy once on this process group and report, per strategy, what this rank
+    sent (bytes handed to communication, and ring wire bytes), its parameter count and its peak
+    saved activation bytes - the measured side of :func:`strategy_table`."""
+    from labkit.parallel.pipeline import pipeline_worker
+    from labkit.parallel.tensor_parallel import tp_worker
+
+    require_group("measure_worker")
+    p = dist.get_world_size()
+    ring = 2 * (p - 1) / p
+    dp = ddp_bytes_worker(width, depth, batch, seed=seed)
+    out = {"DP": {"sent": dp["all_reduce_bytes"], "wire": ring * dp["all_reduce_bytes"], "params": dp["n_params"],
+                  "activation_bytes": dp["saved_peak_bytes"]}}
+    for name, sched in (("PP (GPipe)", "gpipe"), ("PP (1F1B)", "1f1b")):
+        pp = pipeline_worker(width, depth, batch, micro_batches, schedule=sched, seed=seed)
+        out[name] = {"sent": pp["sent_bytes"], "wire": pp["sent_bytes"], "activation_bytes": pp["saved_peak_bytes"],
+                     "params": sum(g.numel() for g in pp["grads"].values())}
+    if depth % 2 == 0 and width % p == 0:
+        tp = tp_worker(width, depth, batch, seed=seed)
+        out["TP"] = {"sent": tp["all_reduce_bytes"], "wire": tp["wire_bytes"], "params": tp["n_params"],
+                     "activation_bytes": tp["saved_peak_bytes"]}
+    return out
+
+
+def compare_table(rows: list[dict], measured: list[dict]) -> list[dict]:
+    """Predicted (:func:`strategy_table`) against measured (:func:`measure_worker`, one dict per
+    rank) for the busiest rank: bytes sent, wire bytes, parameters, saved activation bytes."""
+    if not rows or not measured:
+        raise ValueError("rows and measured must not be empty")
+    out = []
+    for r in rows:
+        name = r["strategy"]
+        if name not in measured[0]:
+            raise ValueError(f"no measurement for {name!r}; measured has {sorted(measured[0])}")
+        got = [m[name] for m in measured]
+        out.append({"strategy": name,
+                    "sent predicted": max(r["sent_per_rank"]), "sent measured": max(g["sent"] for g in got),
+                    "wire predicted": r["wire_per_rank"], "wire measured": max(g["wire"] for g in got),
+                    "params predicted": r["params_per_rank"], "params measured": max(g["params"] for g in got),
+                    "activations predicted": max(r["activation_bytes_per_rank"]),
+                    "activations measured": max(g["activation_bytes"] for g in got)})
+    return out

@@ -1,0 +1,204 @@
+"""The launcher: results per rank, failures surfaced within the timeout, nothing left running,
+clear errors for impossible requests, and the same worker under torchrun."""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from labkit.parallel import examples
+from labkit.parallel.launch import WorkerError, check_port, free_port, launch
+from labkit.parallel.run import main as run_main
+from labkit.parallel.run import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spawned_children() -> list[int]:
+    """PIDs of live (non-zombie) processes whose parent is this one and that were started by
+    multiprocessing's spawn (the resource tracker, also our child, is not a worker)."""
+    found = []
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("PPid", "").strip() == me and not fields.get("State", "").startswith("Z") \
+                and "spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _assert_nothing_left(pids=()):
+    assert multiprocessing.active_children() == []
+    if Path("/proc/self/status").exists():
+        assert _spawned_children() == []
+        for pid in pids:  # gone, or at most a zombie that was already reaped by join
+            status = Path(f"/proc/{pid}/status")
+            assert not status.exists() or "State:\tZ" in status.read_text()
+
+
+# --- checks that start no process ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world_size", [0, -1, 65])
+def test_impossible_world_size_is_a_value_error(world_size):
+    with pytest.raises(ValueError, match="world_size"):
+        launch(examples.hello, world_size)
+
+
+@pytest.mark.parametrize("world_size", [1.5, True, "2", None])
+def test_non_int_world_size_is_a_type_error(world_size):
+    with pytest.raises(TypeError, match="world_size"):
+        launch(examples.hello, world_size)
+
+
+def test_busy_port_is_a_value_error():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        with pytest.raises(ValueError, match=f"port {busy} .*busy"):
+            launch(examples.hello, 2, port=busy)
+    _assert_nothing_left()
+
+
+@pytest.mark.parametrize("port", [0, 70000, -5, True, "29500", 1.0])
+def test_bad_port_values(port):
+    with pytest.raises(ValueError, match="port"):
+        check_port(port)
+
+
+def test_free_port_is_bindable():
+    port = free_port()
+    assert check_port(port) == port
+
+
+def _nested_worker():
+    def inner():
+        return 1
+
+    return inner
+
+
+@pytest.mark.parametrize("worker", [lambda: 1, _nested_worker(), 42])
+def test_worker_must_be_an_importable_function(worker):
+    with pytest.raises(TypeError, match="worker"):
+        launch(worker, 2)
+
+
+@pytest.mark.parametrize("kwargs, exc, word", [
+    ({"timeout": 0}, ValueError, "timeout"),
+    ({"timeout": -1.0}, ValueError, "timeout"),
+    ({"timeout": "10"}, TypeError, "timeout"),
+    ({"threads_per_rank": 0}, ValueError, "threads_per_rank"),
+    ({"threads_per_rank": 1.5}, ValueError, "threads_per_rank"),
+    ({"backend": "mpi"}, ValueError, "backend"),
+])
+def test_bad_options(kwargs, exc, word):
+    with pytest.raises(exc, match=word):
+        launch(examples.hello, 2, **kwargs)
+
+
+def test_resolve_worker_spec():
+    assert resolve("labkit.parallel.examples:hello") is examples.hello
+    with pytest.raises(ValueError, match="module:function"):
+        resolve("labkit.parallel.examples.hello")
+    with pytest.raises(ValueError, match="no function"):
+        resolve("labkit.parallel.examples:nope")
+
+
+def test_run_refuses_to_start_outside_torchrun(monkeypatch, capsys):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit):
+        run_main(["labkit.parallel.examples:hello"])
+    assert "torchrun" in capsys.readouterr().err
+
+
+# --- real processes -----------------------------------------------------------------------------
+
+
+@pytest.mark.dist
+def test_results_come_back_in_rank_order():
+    out = launch(examples.hello, 3, threads_per_rank=1, timeout=120)
+    assert [r["rank"] for r in out] == [0, 1, 2]
+    assert all(r["world_size"] == 3 and r["backend"] == "gloo" and r["threads"] == 1 for r in out)
+    assert all(r["sum_of_ranks"] == 0 + 1 + 2 for r in out)
+    pids = [r["pid"] for r in out]
+    assert len(set(pids)) == 3 and os.getpid() not in pids
+    _assert_nothing_left(pids)
+
+
+@pytest.mark.dist
+def test_arguments_and_tensors_travel_both_ways():
+    x = torch.arange(5.0)
+    out = launch(examples.all_reduce_sum, 2, x, timeout=120)
+    for y in out:  # rank r sends x * (r + 1); the sum is x * (1 + 2)
+        torch.testing.assert_close(y, x * 3)
+    _assert_nothing_left()
+
+
+@pytest.mark.dist
+def test_a_rank_that_raises_surfaces_its_traceback():
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        launch(examples.fail_on_rank, 2, 1, timeout=60)
+    assert time.monotonic() - start < 45
+    err = info.value
+    assert err.rank == 1
+    assert "Traceback" in err.remote_traceback and "deliberate failure on rank 1" in err.remote_traceback
+    assert "fail_on_rank" in err.remote_traceback  # the worker's frame is in it
+    _assert_nothing_left()
+
+
+@pytest.mark.dist
+def test_a_rank_that_dies_is_named():
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        launch(examples.die_on_rank, 2, 0, timeout=60)
+    assert time.monotonic() - start < 45
+    assert info.value.rank == 0
+    assert "exited with code 3" in str(info.value)
+    _assert_nothing_left()
+
+
+@pytest.mark.dist
+def test_a_hang_times_out_and_is_stopped():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"ranks \[0, 1\]"):
+        launch(examples.sleep_forever, 2, timeout=6)
+    elapsed = time.monotonic() - start
+    assert 6 <= elapsed < 6 + 20
+    _assert_nothing_left()
+
+
+@pytest.mark.dist
+def test_same_worker_under_torchrun():
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this python")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "labkit.parallel.run",
+                           "labkit.parallel.examples:hello"], capture_output=True, text=True, timeout=180,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("rank ")]
+    under_torchrun = sorted((ast.literal_eval(ln.split(": ", 1)[1]) for ln in lines), key=lambda r: r["rank"])
+    under_launch = launch(examples.hello, 2, threads_per_rank=1, timeout=120)
+    keys = ("rank", "world_size", "backend", "sum_of_ranks", "threads")
+    assert [{k: r[k] for k in keys} for r in under_torchrun] == [{k: r[k] for k in keys} for r in under_launch]
+    _assert_nothing_left()
