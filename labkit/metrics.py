@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from labkit.bench import Timing, count_flops, time_fn
 from labkit.models import count_parameters
 
-__all__ = ["count_parameters", "size_on_disk", "flops", "latency", "model_report"]
+__all__ = ["count_parameters", "size_on_disk", "flops", "latency", "model_report", "compare_latency"]
 
 
 def _check_model(model) -> None:
@@ -92,6 +93,35 @@ def model_report(name: str, model: nn.Module, inputs: tuple | torch.Tensor, *, a
     if accuracy is not None:
         row["accuracy"] = accuracy
     return row
+
+
+def compare_latency(models: Mapping[str, nn.Module], inputs: tuple | torch.Tensor, *, rounds: int = 3, device=None,
+                    threads: int | None = None, min_run_time: float = 0.3) -> dict[str, dict[str, float]]:
+    """Latency of several models timed in alternating rounds: ``{name: {latency_ms, speedup}}``.
+
+    Each round times every model once with :func:`latency`. A model's ``latency_ms`` is its median
+    over the rounds and its ``speedup`` the median of the per-round ratios
+    ``latency(first model) / latency(model)``: a burst of background load slows the models of one
+    round alike, so the ratio survives a noisy machine better than two separate timings. Used by
+    the compression lessons (``05_pruning`` onwards).
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty dict {name: model}")
+    for m in models.values():
+        _check_model(m)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(latency(model, inputs, device=device, threads=threads, min_run_time=min_run_time).median)
+    base = times[next(iter(models))]
+
+    def median(values):
+        return float(torch.tensor(values, dtype=torch.float64).median())
+
+    return {name: {"latency_ms": median(t) * 1e3, "speedup": median([b / x for b, x in zip(base, t)])}
+            for name, t in times.items()}
 
 
 def temp_path(suffix: str) -> Path:

@@ -43,3 +43,32 @@ def test_bad_input(tmp_path):
     with pytest.raises(TypeError):
         Mx.latency("model", torch.zeros(1))
     assert Mx.temp_path(".onnx").suffix == ".onnx"
+
+
+def test_compare_latency_takes_medians_of_alternating_rounds(monkeypatch):
+    from labkit.bench import Timing
+
+    a, b = MLP((4,), hidden=(2,)), MLP((4,), hidden=(3,))
+    seconds = {id(a): iter([0.010, 0.030, 0.012]), id(b): iter([0.005, 0.010, 0.004])}  # round 2 was noisy
+    calls = []
+
+    def fake_latency(model, inputs, **kwargs):
+        calls.append(id(model))
+        return Timing("x", next(seconds[id(model)]), 0.0, 0.0, 1, 1)
+
+    monkeypatch.setattr(Mx, "latency", fake_latency)
+    out = Mx.compare_latency({"a": a, "b": b}, torch.rand(2, 4), rounds=3)
+    assert calls == [id(a), id(b)] * 3  # alternating rounds
+    assert out["a"] == {"latency_ms": pytest.approx(12.0), "speedup": pytest.approx(1.0)}
+    assert out["b"]["latency_ms"] == pytest.approx(5.0)
+    assert out["b"]["speedup"] == pytest.approx(3.0)  # median of 2, 3, 3
+
+
+def test_compare_latency_bad_input():
+    m = MLP((4,), hidden=(2,))
+    with pytest.raises(ValueError, match="models"):
+        Mx.compare_latency({}, torch.rand(1, 4))
+    with pytest.raises(ValueError, match="rounds"):
+        Mx.compare_latency({"m": m}, torch.rand(1, 4), rounds=0)
+    with pytest.raises(TypeError, match="model"):
+        Mx.compare_latency({"m": "not a model"}, torch.rand(1, 4))

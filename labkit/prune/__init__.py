@@ -1,0 +1,53 @@
+"""Pruning: make a network sparse (unstructured) or narrower (structured), and measure what it buys.
+
+The lesson is ``notebooks/05_pruning.ipynb``; the capstone (08) builds on the same calls.
+
+* :mod:`labkit.prune.masks` - magnitude masks, layer-wise and global, applied as
+  parametrizations (kept through training), made permanent, and sparsity reports.
+  Checked against ``torch.nn.utils.prune``.
+* :mod:`labkit.prune.schedule` - Zhu & Gupta's cubic schedule and :class:`GradualPruner`
+  (an ``after_step`` hook for ``labkit.train.fit``), sensitivity analysis, L1 regularisation
+  and its proximal step (soft thresholding).
+* :mod:`labkit.prune.structured` - :class:`ChannelPruner`: remove whole channels / neurons by
+  filter norm and get a smaller dense model (BatchNorm and following layers adjusted).
+* :mod:`labkit.prune.sparse` - store sparse weights compactly (bitmask, CSR, COO).
+
+A typical session::
+
+    from labkit import prune
+    prune.magnitude_prune_(model, 0.8, scope="global")   # masks; fine-tune with fit() as usual
+    print(prune.sparsity_report(model))
+    prune.make_permanent_(model)
+    small = prune.ChannelPruner(cnn, cnn.example_inputs(), importance="l1", ratio=0.5).step()
+"""
+
+from labkit.prune.masks import (
+    WeightMask,
+    apply_masks_,
+    compute_masks,
+    get_masks,
+    magnitude_mask,
+    magnitude_prune_,
+    make_permanent_,
+    prunable_layers,
+    sparsity,
+    sparsity_report,
+)
+from labkit.prune.schedule import (
+    GradualPruner,
+    cubic_sparsity,
+    l1_penalty,
+    l1_regularized,
+    sensitivity_analysis,
+    soft_threshold_,
+)
+from labkit.prune.sparse import dense_state_dict, sparse_state_dict
+from labkit.prune.structured import ChannelPruner, l1_importance, l2_importance, zero_channels_
+
+__all__ = [
+    "WeightMask", "apply_masks_", "compute_masks", "get_masks", "magnitude_mask", "magnitude_prune_",
+    "make_permanent_", "prunable_layers", "sparsity", "sparsity_report",
+    "GradualPruner", "cubic_sparsity", "l1_penalty", "l1_regularized", "sensitivity_analysis", "soft_threshold_",
+    "dense_state_dict", "sparse_state_dict",
+    "ChannelPruner", "l1_importance", "l2_importance", "zero_channels_",
+]

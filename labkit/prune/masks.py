@@ -1,0 +1,222 @@
+"""Unstructured magnitude pruning: masks, how they are applied and kept, and sparsity reports.
+
+Magnitude pruning keeps the weights with the largest ``|w|`` and zeroes the rest. For a tensor
+of ``n`` weights and an ``amount`` in [0, 1] it removes the ``k = round(amount * n)`` smallest
+(Python's ``round``, half to even, exactly as ``torch.nn.utils.prune`` counts them)::
+
+    mask[i] = 0  if  |w_i| is among the k smallest |w|,  else 1        w_pruned = w * mask
+
+*Layer-wise* pruning does this in every layer separately (each loses ``amount`` of its weights);
+*global* pruning ranks the weights of all layers together, so big layers with many small weights
+lose more than small, important ones (the first conv, the classifier).
+
+A mask is applied as a parametrization (``torch.nn.utils.parametrize``): the layer keeps its
+dense ``original`` weight and ``module.weight`` is recomputed as ``original * mask`` at each use.
+The optimizer sees a zero gradient where the mask is 0, and whatever it does to ``original``
+there never reaches the output, so the mask holds through training with no extra hook.
+:func:`make_permanent_` bakes ``original * mask`` into a plain weight again. Pruning an already
+masked layer combines the masks (a weight once pruned stays pruned).
+
+Checked against ``torch.nn.utils.prune.l1_unstructured`` / ``global_unstructured`` in
+``tests/test_prune_masks.py``; taught in ``notebooks/05_pruning.ipynb``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SCOPES = ("layer", "global")
+
+
+def check_amount(amount, name: str = "amount") -> float:
+    """``amount`` as a float in [0, 1] (a fraction, never a count), or a clear error."""
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {type(amount).__name__}")
+    if not 0.0 <= float(amount) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] (a fraction of the weights), got {amount}")
+    return float(amount)
+
+
+def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """``{name: module}`` of the Linear / Conv layers whose ``weight`` can be pruned.
+
+    ``layers`` restricts the choice to those names (each must be a prunable layer).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    found = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if not found:
+        raise ValueError(f"model has nothing to prune: {type(model).__name__} has no Linear or Conv layer")
+    if layers is None:
+        return found
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    unknown = [n for n in layers if n not in found]
+    if unknown:
+        raise ValueError(f"layers {unknown} are not prunable layers of the model; choose from {list(found)}")
+    if not layers:
+        raise ValueError("layers is empty: nothing to prune")
+    return {n: found[n] for n in layers}
+
+
+def magnitude_mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
+    """Boolean mask (same shape as ``weight``) that is False on the ``round(amount * n)``
+    weights of smallest ``|w|`` and True elsewhere."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a tensor, got {type(weight).__name__}")
+    amount = check_amount(amount)
+    mask = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
+    k = round(amount * weight.numel())
+    if k > 0:
+        smallest = torch.topk(weight.detach().abs().flatten(), k, largest=False).indices
+        mask.view(-1)[smallest] = False
+    return mask
+
+
+def compute_masks(model: nn.Module, amount: float | Mapping[str, float], *, scope: str = "layer",
+                  layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Magnitude masks ``{layer name: bool mask}`` for the prunable layers, without applying them.
+
+    ``scope="layer"``: each layer loses ``amount`` of its own weights (``amount`` may be a dict
+    ``{layer: amount}`` for per-layer amounts). ``scope="global"``: the ``round(amount * N)``
+    smallest of all ``N`` weights together are removed. Ranks the *current* weights, so pruned
+    (masked) weights count as zeros.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if isinstance(amount, Mapping):
+        if scope != "layer":
+            raise ValueError("a per-layer amount dict needs scope='layer'")
+        chosen = prunable_layers(model, layers if layers is not None else list(amount))
+        return {name: magnitude_mask(m.weight, check_amount(amount[name], f"amount[{name!r}]"))
+                for name, m in chosen.items()}
+    amount = check_amount(amount)
+    chosen = prunable_layers(model, layers)
+    if scope == "layer":
+        return {name: magnitude_mask(m.weight, amount) for name, m in chosen.items()}
+    weights = [m.weight.detach() for m in chosen.values()]
+    flat_mask = magnitude_mask(torch.cat([w.flatten() for w in weights]), amount)
+    masks, start = {}, 0
+    for name, w in zip(chosen, weights):
+        masks[name] = flat_mask[start:start + w.numel()].view_as(w).clone()
+        start += w.numel()
+    return masks
+
+
+class WeightMask(nn.Module):
+    """The parametrization ``weight = original * mask`` (``mask`` is a bool buffer)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def _mask_of(module: nn.Module) -> WeightMask | None:
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations.weight:
+            if isinstance(p, WeightMask):
+                return p
+    return None
+
+
+def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Attach ``masks`` (``{layer name: mask}``) to the layers, in place; returns ``model``.
+
+    A layer that already has a mask gets ``old_mask & new_mask``: pruning never revives weights.
+    """
+    layers = prunable_layers(model, list(masks))
+    for name, module in layers.items():
+        mask = torch.as_tensor(masks[name]).to(device=module.weight.device, dtype=torch.bool)
+        if mask.shape != module.weight.shape:
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight has {tuple(module.weight.shape)}")
+        existing = _mask_of(module)
+        if existing is None:
+            parametrize.register_parametrization(module, "weight", WeightMask(mask))
+        else:
+            existing.mask &= mask
+    return model
+
+
+def magnitude_prune_(model: nn.Module, amount: float | Mapping[str, float], *, scope: str = "layer",
+                     layers: Iterable[str] | None = None) -> nn.Module:
+    """Prune ``model`` in place by weight magnitude (layer-wise or global); returns ``model``.
+
+    ``amount`` is the fraction of each layer's (or of all layers') weights that is zero after the
+    call, counting weights pruned before. Equivalent to ``torch.nn.utils.prune.l1_unstructured``
+    on each layer (``scope="layer"``) or ``global_unstructured`` (``scope="global"``).
+    """
+    return apply_masks_(model, compute_masks(model, amount, scope=scope, layers=layers))
+
+
+def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{layer name: mask}`` of every masked layer (empty when nothing is masked)."""
+    return {name: p.mask for name, m in model.named_modules() if (p := _mask_of(m)) is not None}
+
+
+def make_permanent_(model: nn.Module) -> nn.Module:
+    """Replace each masked weight by the plain tensor ``original * mask`` (drops the masks).
+
+    After this the zeros are ordinary weights: training would move them again.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    for module in model.modules():
+        if _mask_of(module) is not None:
+            if len(module.parametrizations.weight) != 1:
+                raise ValueError(f"{type(module).__name__} has other weight parametrizations besides the mask")
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Per-layer and overall sparsity (fraction of zero weights) of the prunable layers."""
+
+    rows: tuple[dict, ...]  # layer, type, shape, params, zeros, sparsity
+    overall: float
+    params: int
+    zeros: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {r["layer"]: r["sparsity"] for r in self.rows}
+
+    def __str__(self) -> str:
+        width = max(len("overall"), *(len(r["layer"]) for r in self.rows))
+        lines = [f"{'layer':<{width}}  {'type':<7} {'params':>9} {'zeros':>9} {'sparsity':>8}"]
+        for r in self.rows:
+            lines.append(f"{r['layer']:<{width}}  {r['type']:<7} {r['params']:>9} {r['zeros']:>9} {r['sparsity']:>8.1%}")
+        lines.append(f"{'overall':<{width}}  {'':<7} {self.params:>9} {self.zeros:>9} {self.overall:>8.1%}")
+        return "\n".join(lines)
+
+
+def sparsity_report(model: nn.Module, layers: Iterable[str] | None = None) -> SparsityReport:
+    """Zeros in the (effective, masked) weights of each prunable layer and over all of them.
+
+    Biases and BatchNorm parameters are not counted: pruning here only touches weights.
+    """
+    rows = []
+    for name, module in prunable_layers(model, layers).items():
+        w = module.weight.detach()
+        zeros = int((w == 0).sum())
+        kind = type(module).__name__.removeprefix("Parametrized")  # masked layers get a generated class
+        rows.append({"layer": name, "type": kind, "shape": tuple(w.shape), "params": w.numel(),
+                     "zeros": zeros, "sparsity": zeros / w.numel()})
+    params = sum(r["params"] for r in rows)
+    zeros = sum(r["zeros"] for r in rows)
+    return SparsityReport(tuple(rows), zeros / params, params, zeros)
+
+
+def sparsity(model: nn.Module, layers: Iterable[str] | None = None) -> float:
+    """Overall fraction of zero weights in the prunable layers (see :func:`sparsity_report`)."""
+    return sparsity_report(model, layers).overall

@@ -1,0 +1,124 @@
+"""Sparse storage: where unstructured sparsity pays off - the file, not the kernels.
+
+A dense float32 tensor of ``n`` weights costs ``4n`` bytes whatever its zeros. Storing only the
+``nnz`` non-zeros needs their values *and* where they are:
+
+* ``"coo"`` (``Tensor.to_sparse``): an int64 index per dimension -> ``nnz * (4 + 8 * ndim)``
+  bytes. At 90% sparsity a 2-D weight is ``2n`` bytes: only 2x smaller; at 50% it is *bigger*.
+* ``"csr"`` (compressed sparse rows, int32 indices): ``nnz * (4 + 4) + 4 * (rows + 1)`` ->
+  ``0.8n`` at 90% sparsity (5x smaller).
+* ``"bitmask"``: one bit per weight (``n / 8`` bytes) plus the values (``4 nnz``) ->
+  ``0.525n`` at 90% sparsity (7.6x smaller), and never much worse than dense.
+
+:func:`sparse_state_dict` encodes every float tensor with at least ``min_sparsity`` zeros;
+:func:`dense_state_dict` decodes it for ``model.load_state_dict``. Measure files with
+``labkit.metrics.size_on_disk``. Used in ``notebooks/05_pruning.ipynb``; tested in
+``tests/test_prune_sparse.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+FORMATS = ("bitmask", "csr", "coo")
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8 bytes, 8 flags a byte, most significant bit first (padded with 0)."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError("mask must be a bool tensor")
+    flat = mask.flatten().cpu()
+    pad = (-flat.numel()) % 8
+    flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8).to(torch.uint8)
+    return (flat * _BITS).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``numel`` flags as a flat bool tensor."""
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
+        raise TypeError("packed must be a uint8 tensor")
+    if numel < 0 or numel > 8 * packed.numel():
+        raise ValueError(f"numel must be in [0, {8 * packed.numel()}], got {numel}")
+    return (packed[:, None] & _BITS).ne(0).flatten()[:numel]
+
+
+def csr_arrays(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compressed sparse rows of a 2-D tensor, by hand: ``(crow, col, values)`` (int32 indices).
+
+    ``values`` are the non-zeros row by row, ``col`` their columns, and row ``r`` owns
+    ``values[crow[r]:crow[r+1]]`` - the same arrays as ``matrix.to_sparse_csr()``.
+    """
+    if not isinstance(matrix, torch.Tensor) or matrix.ndim != 2:
+        raise ValueError("matrix must be a 2-D tensor")
+    nonzero = matrix != 0
+    crow = torch.zeros(matrix.shape[0] + 1, dtype=torch.int32)
+    crow[1:] = nonzero.sum(1).cumsum(0)
+    return crow, nonzero.nonzero()[:, 1].to(torch.int32), matrix[nonzero].clone()
+
+
+def _encode(t: torch.Tensor, fmt: str) -> dict:
+    t = t.detach().cpu()
+    if fmt == "coo":
+        return {"layout": "coo", "tensor": t.to_sparse().coalesce()}
+    if fmt == "csr":
+        crow, col, values = csr_arrays(t.reshape(t.shape[0], -1))
+        return {"layout": "csr", "shape": tuple(t.shape), "crow": crow, "col": col, "values": values}
+    mask = t != 0
+    return {"layout": "bitmask", "shape": tuple(t.shape), "bits": pack_bits(mask), "values": t[mask].clone()}
+
+
+def _decode(entry: dict) -> torch.Tensor:
+    layout = entry.get("layout")
+    if layout == "coo":
+        return entry["tensor"].to_dense()
+    if layout == "csr":
+        shape, crow = entry["shape"], entry["crow"].long()
+        rows = torch.repeat_interleave(torch.arange(shape[0]), crow[1:] - crow[:-1])
+        out = torch.zeros(shape[0], math.prod(shape[1:]), dtype=entry["values"].dtype)
+        out[rows, entry["col"].long()] = entry["values"]
+        return out.reshape(shape)
+    if layout == "bitmask":
+        shape = entry["shape"]
+        numel = math.prod(shape)
+        mask = unpack_bits(entry["bits"], numel)
+        out = torch.zeros(numel, dtype=entry["values"].dtype)
+        out[mask] = entry["values"]
+        return out.reshape(shape)
+    raise ValueError(f"unknown sparse layout {layout!r}: expected one of {FORMATS}")
+
+
+def sparse_state_dict(model_or_state, *, format: str = "bitmask", min_sparsity: float = 0.3) -> dict:
+    """The state dict with each float tensor of at least ``min_sparsity`` zeros stored sparsely.
+
+    Other tensors (biases, BatchNorm statistics, dense layers) stay as they are. Save the result
+    with ``torch.save``; restore with :func:`dense_state_dict`.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0 <= min_sparsity <= 1:
+        raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    if not isinstance(state, Mapping):
+        raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_state).__name__}")
+    if any(".parametrizations." in k or k.startswith("parametrizations.") for k in state):
+        raise ValueError("the model still has masks (parametrizations): call labkit.prune.make_permanent_ first")
+    out = {}
+    for name, t in state.items():
+        floating = isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 1 and t.numel() > 0
+        if floating and float((t == 0).float().mean()) >= min_sparsity:
+            out[name] = _encode(t, format)
+        else:
+            out[name] = t
+    return out
+
+
+def dense_state_dict(sparse_state: Mapping) -> dict[str, torch.Tensor]:
+    """Decode :func:`sparse_state_dict`'s output back to ordinary dense tensors."""
+    if not isinstance(sparse_state, Mapping):
+        raise TypeError(f"sparse_state must be a dict, got {type(sparse_state).__name__}")
+    return {k: _decode(v) if isinstance(v, dict) else v for k, v in sparse_state.items()}
