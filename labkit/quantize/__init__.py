@@ -1,0 +1,64 @@
+"""Quantization, from the maths to int8 kernels (lesson ``06_quantization``; reused by ``08``).
+
+The sub-modules, in teaching order:
+
+* :mod:`~labkit.quantize.maths` - scale / zero-point, quantize, dequantize (per tensor,
+  channel, group), SQNR; codes equal ``torch.quantize_per_tensor`` / ``_per_channel``'s;
+* :mod:`~labkit.quantize.packing` - two 4-bit codes to a byte, and back;
+* :mod:`~labkit.quantize.observers` - min-max, moving-average, percentile and MSE ranges;
+  :func:`calibrate`;
+* :mod:`~labkit.quantize.fake` - fake quantization with a straight-through gradient;
+* :mod:`~labkit.quantize.modules` - fake-quantized and integer-storage layers;
+* :mod:`~labkit.quantize.api` - ``quantize_(model, config)``: PTQ (weight-only, dynamic,
+  static) and QAT, in the shape of torchao's API;
+* :mod:`~labkit.quantize.runtimes` - *real* int8 inference: PyTorch's dynamic int8 Linear,
+  ONNX Runtime's dynamic quantization, torchao; measured side by side.
+
+Everything public is importable from ``labkit.quantize`` directly.
+"""
+
+from labkit.quantize.api import (
+                                 DynamicActivationConfig,
+                                 QATConfig,
+                                 StaticActivationConfig,
+                                 WeightOnlyConfig,
+                                 convert_,
+                                 prepare_,
+                                 quantize_,
+                                 quantized_layers,
+)
+from labkit.quantize.fake import FakeQuantize, fake_quantize
+from labkit.quantize.maths import (
+                                 GRANULARITIES,
+                                 check_bits,
+                                 choose_qparams,
+                                 code_dtype,
+                                 dequantize,
+                                 error_vs_bits,
+                                 qparams_from_minmax,
+                                 qrange,
+                                 quantize,
+                                 quantize_dequantize,
+                                 sqnr_db,
+)
+from labkit.quantize.modules import FakeQuantized, QuantizedConv2d, QuantizedLinear, WeightSpec
+from labkit.quantize.observers import (
+                                 MinMaxObserver,
+                                 MovingAverageObserver,
+                                 MSEObserver,
+                                 Observer,
+                                 PercentileObserver,
+                                 calibrate,
+                                 make_observer,
+)
+from labkit.quantize.packing import pack_bits, pack_int4, packed_nbytes, unpack_bits, unpack_int4
+
+__all__ = [
+    "GRANULARITIES", "check_bits", "qrange", "code_dtype", "qparams_from_minmax", "choose_qparams", "quantize",
+    "dequantize", "quantize_dequantize", "sqnr_db", "error_vs_bits",
+    "pack_bits", "unpack_bits", "pack_int4", "unpack_int4", "packed_nbytes",
+    "Observer", "MinMaxObserver", "MovingAverageObserver", "PercentileObserver", "MSEObserver", "make_observer",
+    "calibrate", "fake_quantize", "FakeQuantize", "WeightSpec", "FakeQuantized", "QuantizedLinear",
+    "QuantizedConv2d", "WeightOnlyConfig", "DynamicActivationConfig", "StaticActivationConfig", "QATConfig",
+    "quantize_", "prepare_", "convert_", "quantized_layers",
+]

@@ -1,0 +1,82 @@
+"""Packing low-bit codes into bytes: two 4-bit codes a byte, four 2-bit codes, eight 1-bit ones.
+
+A uint8 holds 8 bits, so ``8 // bits`` codes fit in one byte. Code ``i`` of a byte goes to bits
+``bits*i .. bits*i + bits - 1`` (the first code in the low bits, as torchao's and GGML's 4-bit
+formats do)::
+
+    byte = (c0 & 0xF) | (c1 & 0xF) << 4            # two 4-bit codes
+    c0 = byte & 0xF          c1 = byte >> 4          # and back
+
+Signed codes are stored in two's complement (``-1`` as 4 bits is ``0b1111``) and sign-extended
+when unpacked. This is where a 4-bit model's "8x smaller than fp32" comes from on disk; there is
+no 4-bit dtype to compute in on a CPU, so the codes are unpacked before use.
+Used by ``labkit.quantize.modules`` and ``notebooks/06_quantization.ipynb`` (exercise 06.3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+PACKABLE_BITS = (1, 2, 4, 8)
+
+
+def _check_pack_bits(bits) -> int:
+    if isinstance(bits, bool) or bits not in PACKABLE_BITS:
+        raise ValueError(f"bits must be one of {PACKABLE_BITS} to pack codes evenly into bytes, got {bits!r}")
+    return bits
+
+
+def packed_nbytes(numel: int, bits: int) -> int:
+    """Bytes needed for ``numel`` codes of ``bits`` bits (the last byte may be partly empty)."""
+    per_byte = 8 // _check_pack_bits(bits)
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
+    return -(-numel // per_byte)
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Flatten integer ``codes`` and pack them ``8 // bits`` to a byte: a 1-D uint8 tensor.
+
+    Codes must fit in ``bits`` bits, unsigned (``0..2**bits-1``) or signed (``-2**(bits-1)..``).
+    """
+    _check_pack_bits(bits)
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.dtype == torch.bool:
+        raise TypeError(f"codes must be an integer tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
+    flat = codes.reshape(-1).to(torch.int32)
+    if flat.numel() and (int(flat.min()) < -(2 ** (bits - 1)) or int(flat.max()) > 2**bits - 1):
+        raise ValueError(f"codes must fit in {bits} bits, got values in [{int(flat.min())}, {int(flat.max())}]")
+    per_byte = 8 // bits
+    pad = (-flat.numel()) % per_byte
+    flat = torch.cat([flat, flat.new_zeros(pad)]) & (2**bits - 1)  # two's complement for negatives
+    lanes = flat.reshape(-1, per_byte)
+    shifts = torch.arange(per_byte, device=flat.device, dtype=torch.int32) * bits
+    return (lanes << shifts).sum(dim=1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, *, numel: int, signed: bool = False) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``numel`` codes, int8 if ``signed`` else uint8."""
+    _check_pack_bits(bits)
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
+        raise TypeError(f"packed must be a uint8 tensor, got {getattr(packed, 'dtype', type(packed).__name__)}")
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
+    per_byte = 8 // bits
+    if numel > packed.numel() * per_byte:
+        raise ValueError(f"numel {numel} is more than {packed.numel()} bytes hold at {bits} bits ({packed.numel() * per_byte})")
+    shifts = torch.arange(per_byte, device=packed.device, dtype=torch.int32) * bits
+    codes = (packed.reshape(-1, 1).to(torch.int32) >> shifts) & (2**bits - 1)
+    codes = codes.reshape(-1)[:numel]
+    if signed:
+        codes = torch.where(codes >= 2 ** (bits - 1), codes - 2**bits, codes)
+        return codes.to(torch.int8)
+    return codes.to(torch.uint8)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes per byte (:func:`pack_bits` with ``bits=4``)."""
+    return pack_bits(codes, 4)
+
+
+def unpack_int4(packed: torch.Tensor, *, numel: int, signed: bool = False) -> torch.Tensor:
+    """The first ``numel`` 4-bit codes of ``packed`` (:func:`unpack_bits` with ``bits=4``)."""
+    return unpack_bits(packed, 4, numel=numel, signed=signed)

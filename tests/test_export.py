@@ -1,0 +1,92 @@
+"""labkit.export: ONNX export + ONNX Runtime give PyTorch's outputs; ORT int8 is smaller and close."""
+
+import pytest
+import torch
+from torch import nn
+
+from labkit.data import load_dataset, make_loader
+from labkit.export import OnnxModule, compare, export, onnx_session, quantize_onnx, run_onnx
+from labkit.metrics import file_size
+from labkit.models import MLP, SmallCNN
+from labkit.train import evaluate
+
+pytestmark = pytest.mark.slow  # each export traces the model with torch.export (seconds)
+
+
+@pytest.fixture(scope="module")
+def mlp_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    model = MLP(hidden=(256, 128)).eval()
+    path = export(model, model.example_inputs(1), tmp_path_factory.mktemp("onnx") / "mlp.onnx")
+    return model, path
+
+
+@torch.no_grad()
+def test_onnx_matches_torch_with_any_batch(mlp_onnx, gen):
+    model, path = mlp_onnx
+    assert not path.with_suffix(".onnx.data").exists()  # weights inside the file
+    assert file_size(path) > 4 * sum(p.numel() for p in model.parameters()) * 0.99
+    for batch in (1, 7):
+        x = torch.rand(batch, 1, 28, 28, generator=gen)
+        out = run_onnx(path, x)
+        assert out.shape == (batch, 10)
+        c = compare(model(x), out)
+        assert c["allclose"] and c["max_abs_diff"] < 1e-4 and c["same_argmax"] == 1.0
+
+
+@torch.no_grad()
+def test_cnn_with_batchnorm(tmp_path, gen):
+    model = SmallCNN(widths=(4, 8)).eval()
+    path = export(model, model.example_inputs(2), tmp_path / "cnn.onnx")
+    x = torch.rand(3, 1, 28, 28, generator=gen)
+    assert compare(model(x), run_onnx(onnx_session(path), x))["allclose"]
+
+
+@torch.no_grad()
+def test_ort_dynamic_int8_is_smaller_and_close(mlp_onnx, tmp_path, gen):
+    model, path = mlp_onnx
+    q = quantize_onnx(path, tmp_path / "mlp.int8.onnx")
+    assert file_size(path) / file_size(q) > 3.5
+    x = torch.rand(32, 1, 28, 28, generator=gen)
+    ref = model(x)
+    c = compare(ref, run_onnx(q, x))
+    assert c["max_abs_diff"] < 0.02 * float(ref.abs().max()) and c["same_argmax"] >= 0.9
+    per_channel = quantize_onnx(path, tmp_path / "mlp.int8pc.onnx", per_channel=True)
+    assert compare(ref, run_onnx(per_channel, x))["max_abs_diff"] < 0.02 * float(ref.abs().max())
+
+
+def test_onnx_module_works_with_the_course_helpers(mlp_onnx):
+    model, path = mlp_onnx
+    m = OnnxModule(path)
+    assert m.size_bytes == file_size(path) and "mlp.onnx" in repr(m)
+    x = torch.rand(5, 1, 28, 28)
+    assert compare(model(x), m(x))["allclose"]
+    loader = make_loader(load_dataset("mnist_subset", limit=200).test, batch_size=20)
+    assert evaluate(m, loader, device="cpu")["accuracy"] == pytest.approx(evaluate(model, loader, device="cpu")["accuracy"])
+
+
+def test_compare_by_hand():
+    c = compare(torch.tensor([[1.0, 2.0], [3.0, 1.0]]), torch.tensor([[1.0, 2.5], [2.0, 1.0]]))
+    assert c == {"max_abs_diff": 1.0, "mean_abs_diff": 0.375, "allclose": False, "same_argmax": 1.0}
+
+
+def test_bad_input(mlp_onnx, tmp_path):
+    model, path = mlp_onnx
+    with pytest.raises(ValueError, match="path must end in .onnx"):
+        export(model, model.example_inputs(), tmp_path / "m.pt")
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        export("model", model.example_inputs(), tmp_path / "m.onnx")
+    with pytest.raises(TypeError, match="example_inputs must be a tensor"):
+        export(model, (), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="no such ONNX file"):
+        run_onnx(tmp_path / "missing.onnx", torch.ones(1, 1, 28, 28))
+    with pytest.raises(ValueError, match="takes 1 input"):
+        run_onnx(path, (torch.ones(1, 1, 28, 28), torch.ones(1)))
+    with pytest.raises(TypeError, match="must be an ONNX path"):
+        run_onnx(nn.Linear(2, 2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="shapes differ"):
+        compare(torch.ones(2), torch.ones(3))
+    with pytest.raises(ValueError, match="weight_type must be one of"):
+        quantize_onnx(path, tmp_path / "q.onnx", weight_type="int4")
+    with pytest.raises(ValueError, match="out_path must end in .onnx"):
+        quantize_onnx(path, tmp_path / "q.bin")
