@@ -76,12 +76,22 @@ def _batches(loader: Iterable) -> Iterable:
     return loader
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    """Where the model's first parameter (or buffer) lives; the CPU for a model with neither
+    (an ONNX Runtime wrapper, a layer holding only integer buffers)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, device=None, loss_fn: Callable | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` over ``loader`` (model put in eval mode)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    dev = get_device(device) if device is not None else next(model.parameters()).device
+    dev = get_device(device) if device is not None else _model_device(model)
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
