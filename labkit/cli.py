@@ -3,6 +3,9 @@
     labkit doctor            versions, devices, threads, bf16/int8 support, completeness
     labkit bench [--quick]   matmul GFLOP/s per device, peak estimate, elementwise bandwidth
     labkit nb strip|refresh|lint NOTEBOOK...   notebook housekeeping (labkit.nbtools)
+    labkit student [--src notebooks/] [--out student/]   the student set (labkit.classroom)
+    labkit grade NOTEBOOK... [--csv FILE] [--source DIR]   grade learners' notebooks headless
+    labkit course [--fast] [--out course-run/] [NAME...]   run every lesson as a learner would
 
 Each sub-command lives in its own module; this file only parses arguments and dispatches.
 """
@@ -47,10 +50,56 @@ def _nb(args) -> int:
     return nb_main([args.action, *args.notebooks])
 
 
+def _user_error(command: str, err: Exception) -> int:
+    print(f"labkit {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _student(args) -> int:
+    from labkit.classroom import build_student
+
+    try:
+        written = build_student(args.src, args.out)
+    except ValueError as err:
+        return _user_error("student", err)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"{len(written)} student notebook(s) in {args.out}: solutions replaced by stubs, outputs cleared")
+    return 0
+
+
+def _grade(args) -> int:
+    from labkit.classroom import grade
+
+    try:
+        report = grade(args.notebooks, source_dir=args.source, fast=not args.full, timeout=args.timeout,
+                       feedback_dir=args.feedback)
+    except ValueError as err:
+        return _user_error("grade", err)
+    print(report.table())
+    if args.csv:
+        print(f"wrote {report.write_csv(args.csv)}")
+    return 0
+
+
+def _course(args) -> int:
+    from labkit.course import run_course, verdict
+
+    try:
+        runs = run_course(args.notebooks, args.out, fast=args.fast, timeout=args.timeout, names=args.names)
+    except ValueError as err:
+        return _user_error("course", err)
+    print(f"HTML copies and executed notebooks in {args.out}")
+    return 0 if all(verdict(r) == "ok" for r in runs) else 1
+
+
 COMMANDS = {
     "doctor": (_doctor, "check the environment and describe this machine's devices"),
     "bench": (_bench, "time matmuls and memory bandwidth on every device"),
     "nb": (_nb, "notebook housekeeping: strip outputs, refresh checked outputs, lint lessons"),
+    "student": (_student, "write the student set: solutions replaced by stubs, outputs cleared"),
+    "grade": (_grade, "run learners' notebooks headless and report every exercise (table, CSV)"),
+    "course": (_course, "run every lesson in order as a learner would, with HTML copies and times"),
 }
 
 
@@ -63,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("nb", help=COMMANDS["nb"][1])
     n.add_argument("action", choices=("strip", "refresh", "lint"))
     n.add_argument("notebooks", nargs="+")
+    s = sub.add_parser("student", help=COMMANDS["student"][1])
+    s.add_argument("--src", default="notebooks", help="the source (instructor) notebooks (default: notebooks)")
+    s.add_argument("--out", default="student", help="where to write the student set (default: student)")
+    g = sub.add_parser("grade", help=COMMANDS["grade"][1])
+    g.add_argument("notebooks", nargs="+", help="learners' notebooks (.ipynb)")
+    g.add_argument("--csv", help="also write the verdicts to this CSV file (one row per exercise)")
+    g.add_argument("--source", help="the instructor's notebooks: restores their checks and hidden tests")
+    g.add_argument("--full", action="store_true", help="run the full version (default: LABKIT_FAST=1)")
+    g.add_argument("--timeout", type=float, default=600, help="seconds per notebook (default: 600)")
+    g.add_argument("--feedback", help="write each executed notebook (with outputs) under this folder")
+    c = sub.add_parser("course", help=COMMANDS["course"][1])
+    c.add_argument("names", nargs="*", help="only these lessons (a file name or prefix such as 05)")
+    c.add_argument("--fast", action="store_true", help="the CI-sized version (LABKIT_FAST=1)")
+    c.add_argument("--out", default="course-run", help="where to write HTML and executed copies (default: course-run)")
+    c.add_argument("--notebooks", default="notebooks", help="the lessons folder (default: notebooks)")
+    c.add_argument("--timeout", type=float, default=900, help="seconds per lesson (default: 900)")
     return parser
 
 

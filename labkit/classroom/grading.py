@@ -1,0 +1,256 @@
+"""Run notebooks headless and collect every exercise's verdict: the engine of ``labkit grade``.
+
+Each notebook runs in a fresh kernel (nbclient) with ``$LABKIT_CHECK_LOG`` pointing at its own
+log file, so every ``labkit.checks.check`` call appends one JSON verdict there (pass / fail /
+not done / error). Errors don't stop the run (``allow_errors``): one broken cell must not hide
+the exercises after it. An exercise the notebook should have but that never reported (the
+learner deleted the check, the kernel died, the notebook ran out of time) is "missing".
+One point per passed exercise; the report is a text table and a CSV in long format (one row
+per exercise plus a TOTAL row per notebook) that a grade book or a spreadsheet can pivot.
+
+Used by ``labkit grade`` and by :mod:`labkit.course` (``labkit course``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from labkit.checks import LOG_ENV, PASS, CheckResult
+from labkit.classroom.student import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, exercise_names
+
+MISSING = "missing"
+_CHECK_CALL = re.compile(r"\bcheck\(")
+CSV_COLUMNS = ("notebook", "exercise", "status", "points", "max_points", "message")
+
+
+@dataclass
+class NotebookRun:
+    """What happened when one notebook ran: time, cells, errors and the verdicts of its checks."""
+
+    path: Path
+    seconds: float
+    cells: int
+    cells_run: int
+    errors: list[str]
+    verdicts: list[CheckResult]
+    timed_out: bool = False
+    kernel_died: bool = False
+    nb: object = field(default=None, repr=False)
+
+    @property
+    def ran_to_end(self) -> bool:
+        return self.cells_run == self.cells and not (self.timed_out or self.kernel_died)
+
+    @property
+    def passed(self) -> int:
+        return sum(v.status == PASS for v in self.verdicts)
+
+    @property
+    def state(self) -> str:
+        if self.timed_out:
+            return "timed out"
+        if self.kernel_died:
+            return "kernel died"
+        return f"{len(self.errors)} cell error(s)" if self.errors else "ran to end"
+
+
+def _error_text(cell) -> str | None:
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            return f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".strip()
+    return None
+
+
+def verdicts_from_log(log: str | os.PathLike, expected: Sequence[str]) -> list[CheckResult]:
+    """The verdicts a ``$LABKIT_CHECK_LOG`` file holds: one per expected exercise, then any others.
+
+    A check that ran twice counts once, with its last verdict; an expected exercise that never
+    reported is "missing" (an absent log file means no check ran at all).
+    """
+    log = Path(log)
+    lines = log.read_text().splitlines() if log.exists() else []
+    latest = {v.exercise: v for v in (CheckResult(**json.loads(line)) for line in lines if line.strip())}
+    gone = "the check never reported (deleted, or the notebook stopped before it)"
+    return ([latest.get(n, CheckResult(n, MISSING, gone)) for n in expected]
+            + [v for k, v in latest.items() if k not in expected])
+
+
+def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float = 600,
+                 expected: Sequence[str] | None = None, env: dict[str, str] | None = None,
+                 nb=None, kernel_name: str = "python3") -> NotebookRun:
+    """Execute a notebook in a fresh kernel (in its own folder) and return a :class:`NotebookRun`.
+
+    ``timeout`` bounds the whole notebook (seconds, kernel start included); ``expected`` names
+    the exercises to report (default: those the notebook's own checks name); ``nb`` runs a
+    modified copy of ``path`` (e.g. with the instructor's checks restored). The executed
+    notebook, outputs included, is ``result.nb``.
+    """
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    path = Path(path)
+    if nb is None:
+        if path.suffix != ".ipynb" or not path.is_file():
+            raise ValueError(f"not a notebook file: {str(path)!r}")
+        nb = nbformat.read(path, as_version=4)
+    if not timeout or timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    names = list(expected) if expected is not None else exercise_names(nb)
+    with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
+        log = Path(tmp) / "checks.jsonl"
+        kernel_env = {**os.environ, "LABKIT_FAST": "1" if fast else "0", "LABKIT_STATIC_WIDGETS": "1",
+                      **(env or {}), LOG_ENV: str(log)}
+        start = time.perf_counter()
+        deadline = start + timeout
+        client = NotebookClient(nb, kernel_name=kernel_name, allow_errors=True,
+                                timeout_func=lambda cell: max(1, int(deadline - time.perf_counter())),
+                                resources={"metadata": {"path": str(path.parent.resolve())}})
+        timed_out = died = False
+        # the kernel process's own stdout/stderr (C-level warnings, crash messages) go to a file,
+        # shown only if the kernel dies; what cells print reaches the notebook as usual
+        with (Path(tmp) / "kernel.log").open("w+") as kernel_log:
+            try:
+                client.execute(env=kernel_env, stdout=kernel_log, stderr=kernel_log)
+            except CellTimeoutError:
+                timed_out = True
+            except DeadKernelError:
+                died = True
+            kernel_log.seek(0)
+            lines = [ln for ln in kernel_log.read().splitlines() if "without encryption" not in ln]
+            last_words = "\n".join(lines)[-500:].strip()
+        seconds = time.perf_counter() - start
+        verdicts = verdicts_from_log(log, names)
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+    errors = [f"cell {i}: {e}" for i, c in code if (e := _error_text(c))]
+    if died:
+        errors.append(f"the kernel died; its last output: {last_words or '(none)'}")
+    return NotebookRun(path, seconds, len(code), sum(c.get("execution_count") is not None for _, c in code),
+                       errors, verdicts, timed_out, died, nb)
+
+
+def _hidden_blocks(source: str) -> str:
+    """The lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` markers."""
+    keep, inside = [], False
+    for line in source.split("\n"):
+        if line.strip() in (BEGIN_HIDDEN, END_HIDDEN):
+            inside = line.strip() == BEGIN_HIDDEN
+        elif inside:
+            keep.append(line)
+    return "\n".join(keep)
+
+
+def restore_checks(submitted, source):
+    """Put the instructor's checks and hidden tests back into a submitted notebook (a copy).
+
+    Cells are matched by cell id (student copies keep the source's ids). A source cell with
+    checks or hidden tests and no solution replaces the submitted cell, so a learner who edited
+    a check is graded on the instructor's version; the hidden tests of a source cell that also
+    holds a solution run in a new cell right after the learner's version of it.
+    """
+    out = copy.deepcopy(submitted)
+    by_id = {c.get("id"): c for c in source.cells if c.get("id") and c.cell_type == "code"}
+    cells = []
+    for cell in out.cells:
+        cells.append(cell)
+        ref = by_id.get(cell.get("id"))
+        if ref is None or cell.cell_type != "code":
+            continue
+        if BEGIN_SOLUTION not in ref.source and (BEGIN_HIDDEN in ref.source or _CHECK_CALL.search(ref.source)):
+            cell.source = ref.source
+        elif BEGIN_HIDDEN in ref.source and BEGIN_HIDDEN not in cell.source:
+            cells.append(nbformat.v4.new_code_cell(_hidden_blocks(ref.source), id=f"{ref.id}-hidden"[:64]))
+    out.cells = cells
+    return out
+
+
+@dataclass
+class GradeReport:
+    """The verdicts of every graded notebook; ``table()`` for people, ``write_csv()`` for a grade book."""
+
+    runs: list[NotebookRun]
+
+    @property
+    def points(self) -> int:
+        return sum(r.passed for r in self.runs)
+
+    @property
+    def max_points(self) -> int:
+        return sum(len(r.verdicts) for r in self.runs)
+
+    def rows(self) -> list[dict]:
+        rows = []
+        for r in self.runs:
+            rows += [dict(notebook=str(r.path), exercise=v.exercise, status=v.status, points=int(v.passed),
+                          max_points=1, message=v.message) for v in r.verdicts]
+            rows.append(dict(notebook=str(r.path), exercise="TOTAL", status=r.state, points=r.passed,
+                             max_points=len(r.verdicts), message="; ".join(r.errors)[:300]))
+        return rows
+
+    def write_csv(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows())
+        return path
+
+    def table(self) -> str:
+        width = max([len("notebook")] + [len(str(r.path)) for r in self.runs])
+        lines = [f"{'notebook':<{width}}  {'exercise':<28} {'status':<10} points"]
+        for r in self.runs:
+            lines += [f"{str(r.path):<{width}}  {v.exercise[:28]:<28} {v.status:<10} {int(v.passed)}/1"
+                      for v in r.verdicts]
+            lines.append(f"{str(r.path):<{width}}  {'total (' + r.state + ')':<39} {r.passed}/{len(r.verdicts)}"
+                         f"   {r.seconds:.0f} s")
+            lines += [f"{'':<{width}}    ! {e[:100]}" for e in r.errors]
+        lines.append(f"{'TOTAL':<{width}}  {'':<39} {self.points}/{self.max_points}")
+        return "\n".join(lines)
+
+
+def grade(notebooks: Sequence[str | os.PathLike], *, source_dir: str | os.PathLike | None = None,
+          fast: bool = True, timeout: float = 600, feedback_dir: str | os.PathLike | None = None) -> GradeReport:
+    """Run each learner's notebook headless and report every exercise's verdict.
+
+    ``fast`` runs with ``LABKIT_FAST=1`` (the default: grading needs the checks, not the full
+    training runs); ``timeout`` is per notebook, in seconds. With ``source_dir`` (the instructor's
+    notebooks), the exercises expected are the source's and its check cells and hidden tests are
+    restored before running (:func:`restore_checks`). ``feedback_dir`` receives each executed
+    notebook, outputs included, as ``feedback_dir/<the notebook's folder>/<name>.ipynb``, to hand
+    back to the learner.
+    """
+    if isinstance(notebooks, (str, os.PathLike)):
+        raise TypeError("notebooks must be a list of paths, not a single path")
+    paths = [Path(p) for p in notebooks]
+    if not paths:
+        raise ValueError("notebooks is empty: give at least one notebook to grade")
+    for p in paths:
+        if p.suffix != ".ipynb" or not p.is_file():
+            raise ValueError(f"not a notebook file: {str(p)!r}")
+    if source_dir is not None and not Path(source_dir).is_dir():
+        raise ValueError(f"source_dir must be a directory, got {str(source_dir)!r}")
+    runs = []
+    for p in paths:
+        nb, expected = nbformat.read(p, as_version=4), None
+        if source_dir is not None:
+            ref_path = Path(source_dir) / p.name
+            if not ref_path.is_file():
+                raise ValueError(f"source_dir has no {p.name} to grade {str(p)!r} against")
+            ref = nbformat.read(ref_path, as_version=4)
+            nb, expected = restore_checks(nb, ref), exercise_names(ref)
+        runs.append(run_notebook(p, nb=nb, fast=fast, timeout=timeout, expected=expected))
+        if feedback_dir is not None:  # feedback/<learner's folder>/<notebook>: names repeat across learners
+            target = Path(feedback_dir) / p.resolve().parent.name / p.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(runs[-1].nb, target)
+    return GradeReport(runs)
