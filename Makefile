@@ -13,6 +13,8 @@ TORCH  ?= torch==2.13.0
 PORT   ?= 8888
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.labkit-installed
+# Jupyter refuses to run as root unless told; containers and CI often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: lab test quick doctor course student clean env
 
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --no-browser
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --no-browser $(ROOT_FLAG)
 
 test: $(STAMP)
 	LABKIT_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --durations=20

@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group(backend)
     try:
         result = worker(**kwargs)
-        print(f"rank {dist.get_rank()}: {result}", flush=True)
+        # one write() per line: ranks share the terminal's pipe, and small writes don't interleave
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), f"rank {dist.get_rank()}: {result}\n".encode())
     finally:
         dist.destroy_process_group()
     return 0
