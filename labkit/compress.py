@@ -21,7 +21,6 @@ The steps themselves come from the lessons - :func:`labkit.distill.distill` (07)
 from __future__ import annotations
 
 import copy
-import io
 import lzma
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from labkit.metrics import compare_latency, flops, size_on_disk
+from labkit.metrics import compare_latency, flops, size_on_disk, state_bytes
 from labkit.models import count_parameters
 from labkit.train import evaluate
 
@@ -73,10 +72,7 @@ def compressed_size(model_or_path, *, preset: int = 9) -> int:
             raise ValueError(f"no such file: {p}")
         data = p.read_bytes()
     elif isinstance(model_or_path, (nn.Module, dict)):
-        state = model_or_path.state_dict() if isinstance(model_or_path, nn.Module) else model_or_path
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getvalue()
+        data = state_bytes(model_or_path)
     else:
         raise TypeError(f"expected an nn.Module, a state dict or a file path, got {type(model_or_path).__name__}")
     if isinstance(preset, bool) or not isinstance(preset, int) or not 0 <= preset <= 9:

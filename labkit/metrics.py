@@ -32,15 +32,24 @@ def size_on_disk(model_or_state, *, path: str | os.PathLike | None = None) -> in
     Given a path, the file is written there and its size returned; otherwise it is measured in
     memory. Quantized and sparse tensors are saved in their own (smaller) formats.
     """
+    if path is not None:
+        torch.save(_state(model_or_state), path)
+        return Path(path).stat().st_size
+    return len(state_bytes(model_or_state))
+
+
+def _state(model_or_state) -> dict:
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     if not isinstance(state, dict):
         raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_state).__name__}")
-    if path is not None:
-        torch.save(state, path)
-        return Path(path).stat().st_size
+    return state
+
+
+def state_bytes(model_or_state) -> bytes:
+    """The bytes ``torch.save(state_dict)`` writes, kept in memory (what :func:`size_on_disk` counts)."""
     buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getbuffer().nbytes
+    torch.save(_state(model_or_state), buf)
+    return buf.getvalue()
 
 
 def file_size(path: str | os.PathLike) -> int:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from labkit.models import count_parameters
+
 
 class _Pending:
     """An ``isend`` / ``irecv`` in flight; keeps its tensor alive until ``wait()``."""
@@ -252,7 +254,7 @@ def ddp_bytes_worker(width: int = 64, depth: int = 4, batch: int = 32, *, seed: 
         loss = F.mse_loss(ddp(xs[comm.rank]), ys[comm.rank])
     loss.backward()
     return {"rank": comm.rank, "all_reduce_bytes": comm.bytes("all_reduce"), "saved_peak_bytes": meter.peak,
-            "n_params": sum(p.numel() for p in ddp.parameters())}
+            "n_params": count_parameters(ddp)}
 
 
 def measure_worker(width: int = 64, depth: int = 4, batch: int = 32, micro_batches: int = 4, *, seed: int = 0) -> dict:

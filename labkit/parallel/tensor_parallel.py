@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.models import count_parameters
 from labkit.parallel.strategies import CountingComm, require_group
 
 
@@ -229,7 +230,7 @@ def tp_worker(width: int = 64, depth: int = 2, batch: int = 16, *, layout: str =
     report = {"rank": comm.rank, "output": out.detach().cpu(), "all_reduce_bytes": comm.bytes("all_reduce"),
               "all_reduce_calls": sum(op == "all_reduce" for op, _ in comm.log),
               "all_gather_bytes": comm.bytes("all_gather"), "wire_bytes": comm.wire_bytes(),
-              "saved_peak_bytes": meter.peak, "n_params": sum(p.numel() for p in tp.parameters()),
+              "saved_peak_bytes": meter.peak, "n_params": count_parameters(tp),
               "shapes": {n: tuple(p.shape) for n, p in tp.named_parameters()}}
     report["grads"] = {n: g.cpu() for n, g in _full_grads(tp).items()}
     return report
