@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
+
+from labkit.checks import LOG_ENV
 
 matplotlib.use("Agg")
 os.environ.setdefault("LABKIT_STATIC_WIDGETS", "1")
@@ -51,11 +56,6 @@ def gen():
 # lesson, so every check() there records its verdict. test_real_solutions_pass_every_check is
 # moved to the end of the session and reads those logs: the solutions are proven to pass without
 # running the lessons a second time. Outside lesson items the variable is put back as it was.
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from labkit.checks import LOG_ENV  # noqa: E402
-
 _UNSET = object()
 
 
@@ -96,8 +96,6 @@ class NbvalCheckLogs:
 
     def pytest_unconfigure(self, config):
         if self.dir is not None:
-            import shutil
-
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
