@@ -1,0 +1,190 @@
+"""Argument checks shared by every public labkit function: one place, one wording.
+
+Each check returns the value (normalised where that helps: an int, a float, a ``Path``) or
+raises. The rule is the same everywhere:
+
+* a value of the wrong *type* (``None``, a string for a number, ``2.0`` or ``True`` for an int)
+  raises ``TypeError``;
+* a value of the right type but outside its range (``0`` for a positive int, ``nan`` or ``inf``
+  for a finite float, ``1.5`` for a fraction, an unknown choice) raises ``ValueError``.
+
+Every message names the argument, shows the value and says what was expected, e.g.
+``ValueError: lr must be a finite float > 0, got nan``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def integer(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int (bools and floats are refused), optionally within [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {_show(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an int <= {maximum}, got {value}")
+    return value
+
+
+def positive_int(name: str, value) -> int:
+    """An int >= 1 (counts, sizes, world sizes, steps)."""
+    return integer(name, value, minimum=1)
+
+
+def non_negative_int(name: str, value) -> int:
+    """An int >= 0 (seeds, indices, warm-up steps)."""
+    return integer(name, value, minimum=0)
+
+
+def real(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
+         strict_minimum: bool = False, finite: bool = True) -> float:
+    """``value`` as a float (ints accepted, bools refused); finite unless ``finite=False``.
+
+    ``minimum`` is inclusive unless ``strict_minimum``; ``maximum`` is inclusive.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {_show(value)}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
+        op = ">" if strict_minimum else ">="
+        raise ValueError(f"{name} must be a number {op} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be a number <= {maximum}, got {value}")
+    return value
+
+
+def positive_float(name: str, value) -> float:
+    """A finite number > 0 (learning rates, temperatures, times, bandwidths)."""
+    return real(name, value, minimum=0.0, strict_minimum=True)
+
+
+def non_negative_float(name: str, value) -> float:
+    """A finite number >= 0 (penalties, tolerances, weight decay)."""
+    return real(name, value, minimum=0.0)
+
+
+def fraction(name: str, value) -> float:
+    """A number in [0, 1] (sparsities, mixing weights, split fractions)."""
+    return real(name, value, minimum=0.0, maximum=1.0)
+
+
+def choice(name: str, value, choices: Collection):
+    """``value`` if it is one of ``choices`` (a string is compared case-sensitively)."""
+    try:
+        ok = value in choices
+    except TypeError:
+        ok = False
+    if not ok:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}; got {_show(value)}")
+    return value
+
+
+def instance(name: str, value, types: type | tuple[type, ...], what: str | None = None):
+    """``value`` if it is an instance of ``types``, else a TypeError saying what was expected."""
+    if not isinstance(value, types):
+        if what is None:
+            kinds = types if isinstance(types, tuple) else (types,)
+            what = " or ".join(t.__name__ for t in kinds)
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {_show(value)}")
+    return value
+
+
+def module(name: str, value, kind: type | tuple[type, ...] = nn.Module) -> nn.Module:
+    """An ``nn.Module`` (or the given subclass, e.g. ``nn.Linear``)."""
+    return instance(name, value, kind)
+
+
+def function(name: str, value) -> Callable:
+    """A callable."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__} {_show(value)}")
+    return value
+
+
+_DTYPE_FAMILIES = {
+    "floating": lambda d: d.is_floating_point,
+    "integer": lambda d: not d.is_floating_point and not d.is_complex and d != torch.bool,
+    "bool": lambda d: d == torch.bool,
+}
+
+
+def tensor(name: str, value, *, dtype: torch.dtype | str | tuple | None = None, ndim: int | tuple[int, ...] | None = None,
+           shape: tuple | None = None, finite: bool = False, non_empty: bool = False) -> torch.Tensor:
+    """A ``torch.Tensor`` with the given dtype (a dtype, a tuple of them, or ``"floating"`` /
+    ``"integer"`` / ``"bool"``), number of dimensions, shape (``None`` entries match any size),
+    and, with ``finite=True``, no NaN or infinity."""
+    instance(name, value, torch.Tensor, "a torch.Tensor")
+    if dtype is not None:
+        if isinstance(dtype, str):
+            ok = _DTYPE_FAMILIES[dtype](value.dtype)
+        else:
+            ok = value.dtype in (dtype if isinstance(dtype, tuple) else (dtype,))
+        if not ok:
+            raise TypeError(f"{name} must have dtype {dtype}, got {value.dtype}")
+    if ndim is not None and value.dim() not in (ndim if isinstance(ndim, tuple) else (ndim,)):
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    if shape is not None:
+        if value.dim() != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
+            want = ", ".join("*" if s is None else str(s) for s in shape)
+            raise ValueError(f"{name} must have shape ({want}), got {tuple(value.shape)}")
+    if non_empty and value.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
+    if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must hold only finite values (no NaN or inf)")
+    return value
+
+
+def path(name: str, value, *, must_exist: bool = False, suffix: str | None = None) -> Path:
+    """A filesystem path (str or PathLike); optionally existing and with a given suffix."""
+    if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str) and not value):
+        raise TypeError(f"{name} must be a non-empty path (str or os.PathLike), got {_show(value)}")
+    p = Path(value)
+    if must_exist and not p.exists():
+        raise ValueError(f"{name}: no such file or folder: {str(p)!r}")
+    if suffix is not None and p.suffix != suffix:
+        raise ValueError(f"{name} must be a {suffix} file, got {str(p)!r}")
+    return p
+
+
+def file_name(name: str, value) -> str:
+    """A bare file name with no folder part, no '..' and no leading dot (safe to join to a folder)."""
+    instance(name, value, str, "a str")
+    if not value or value in (".", "..") or "/" in value or "\\" in value or value.startswith(".") \
+            or os.sep in value or "\x00" in value:
+        raise ValueError(f"{name} must be a plain file name (no folders, no '..'), got {_show(value)}")
+    return value
+
+
+def env_flag(variable: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Read an on/off environment variable: ``1/true/yes/on`` is on, ``0/false/no/off`` or unset
+    is off (case-insensitive); anything else is a ValueError naming the variable."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(variable, "")
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"environment variable {variable} must be one of "
+                     f"{'/'.join(TRUE_WORDS)} or {'/'.join(w for w in FALSE_WORDS if w)}, got {raw!r}")

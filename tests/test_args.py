@@ -1,0 +1,122 @@
+"""labkit._args: the one validation layer. Wrong types -> TypeError, wrong values -> ValueError,
+and every message names the argument."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from labkit import _args
+
+BAD_TYPES = [None, "3", [1], 2.5j, object()]
+
+
+@pytest.mark.parametrize("value", BAD_TYPES + [True, 2.0])
+def test_positive_int_rejects_wrong_types(value):
+    with pytest.raises(TypeError, match="steps"):
+        _args.positive_int("steps", value)
+
+
+@given(st.integers(max_value=0))
+def test_positive_int_rejects_non_positive(value):
+    with pytest.raises(ValueError, match=f"steps must be an int >= 1, got {value}"):
+        _args.positive_int("steps", value)
+
+
+@given(st.integers(min_value=1))
+def test_positive_int_accepts_and_returns_int(value):
+    assert _args.positive_int("steps", value) == value
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 0, 0.0, -1e-9])
+def test_positive_float_rejects(value):
+    with pytest.raises(ValueError, match="lr"):
+        _args.positive_float("lr", value)
+
+
+@pytest.mark.parametrize("value", BAD_TYPES + [False, torch.tensor(1.0)])
+def test_positive_float_rejects_types(value):
+    with pytest.raises(TypeError, match="lr"):
+        _args.positive_float("lr", value)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=1e-300))
+def test_positive_float_accepts(value):
+    assert _args.positive_float("lr", value) == value
+
+
+@given(st.one_of(st.floats(max_value=-1e-12), st.floats(min_value=1 + 1e-12), st.just(math.nan)))
+def test_fraction_rejects_out_of_range(value):
+    with pytest.raises(ValueError, match="amount"):
+        _args.fraction("amount", value)
+
+
+def test_fraction_bounds_inclusive():
+    assert _args.fraction("amount", 0) == 0.0 and _args.fraction("amount", 1) == 1.0
+
+
+def test_choice():
+    assert _args.choice("mode", "a", ("a", "b")) == "a"
+    with pytest.raises(ValueError, match="mode must be one of 'a', 'b'; got 'c'"):
+        _args.choice("mode", "c", ("a", "b"))
+    with pytest.raises(ValueError, match="mode"):
+        _args.choice("mode", ["unhashable"], {"a": 1})
+
+
+def test_tensor_checks():
+    x = torch.zeros(2, 3)
+    assert _args.tensor("x", x, dtype="floating", ndim=2, shape=(None, 3), finite=True) is x
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        _args.tensor("x", [1.0])
+    with pytest.raises(TypeError, match="x must have dtype integer"):
+        _args.tensor("x", x, dtype="integer")
+    with pytest.raises(TypeError, match="torch.int64"):
+        _args.tensor("x", x, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"shape \(\*, 4\)"):
+        _args.tensor("x", x, shape=(None, 4))
+    with pytest.raises(ValueError, match="1 dimensions"):
+        _args.tensor("x", x, ndim=1)
+    with pytest.raises(ValueError, match="finite"):
+        _args.tensor("x", torch.tensor([1.0, math.nan]), finite=True)
+    with pytest.raises(ValueError, match="empty"):
+        _args.tensor("x", torch.zeros(0), non_empty=True)
+
+
+def test_module_and_function():
+    lin = nn.Linear(2, 2)
+    assert _args.module("model", lin) is lin
+    assert _args.module("layer", lin, nn.Linear) is lin
+    with pytest.raises(TypeError, match="layer must be Linear, got Conv2d"):
+        _args.module("layer", nn.Conv2d(1, 1, 1), nn.Linear)
+    with pytest.raises(TypeError, match="fn must be callable"):
+        _args.function("fn", 3)
+
+
+def test_paths(tmp_path):
+    assert _args.path("p", str(tmp_path), must_exist=True) == Path(tmp_path)
+    with pytest.raises(ValueError, match="no such file"):
+        _args.path("p", tmp_path / "missing", must_exist=True)
+    with pytest.raises(TypeError, match="p must be a non-empty path"):
+        _args.path("p", None)
+    with pytest.raises(ValueError, match=r"\.ipynb"):
+        _args.path("p", "x.txt", suffix=".ipynb")
+    for bad in ("../escape", "a/b", "..", ".hidden", ""):
+        with pytest.raises(ValueError, match="name must be a plain file name"):
+            _args.file_name("name", bad)
+    assert _args.file_name("name", "ok.bin") == "ok.bin"
+
+
+@pytest.mark.parametrize("raw,expected", [("1", True), ("TRUE", True), (" on ", True), ("yes", True),
+                                          ("", False), ("0", False), ("off", False), ("No", False)])
+def test_env_flag_words(raw, expected):
+    assert _args.env_flag("LABKIT_FAST", {"LABKIT_FAST": raw}) is expected
+
+
+def test_env_flag_unset_and_bad():
+    assert _args.env_flag("LABKIT_FAST", {}) is False
+    with pytest.raises(ValueError, match="LABKIT_FAST.*'maybe'"):
+        _args.env_flag("LABKIT_FAST", {"LABKIT_FAST": "maybe"})
