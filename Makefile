@@ -4,15 +4,23 @@
 # Other useful targets: make doctor, make quick (unit tests without slow/multi-process ones),
 # make course (run every notebook in full as a learner would), make student, make clean.
 #
-# TORCH selects the PyTorch build. The default, torch==2.13.0, is the CPU build.
-#   NVIDIA GPU:  make lab TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-#   Apple Mac:   make lab            (PyPI's macOS wheels include MPS support)
+# TORCH selects the PyTorch build. The default is plain `torch==2.13.0` from PyPI, which is:
+#   Linux x86-64: the CUDA build (several GB, works on CPU too); for a laptop without an NVIDIA GPU
+#                 the CPU-only build is ~10x smaller:
+#                 make lab TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+#   NVIDIA GPU:   make lab TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+#   Apple Mac:    make lab   (PyPI's macOS wheels are CPU + MPS)
+# CONSTRAINTS pins every other package to the versions CI passed with (on Python 3.11, the version it
+# was tested on); `make lab CONSTRAINTS=` lets pip resolve pyproject.toml's lower bounds freely.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 PORT   ?= 8888
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.labkit-installed
+HERE   := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+CONSTRAINTS ?= $(if $(filter 3.11,$(PYVER)),$(HERE)constraints.txt)
 # Jupyter refuses to run as root unless told; containers and CI often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -20,15 +28,16 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
 	@touch $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --no-browser $(ROOT_FLAG)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --no-browser $(ROOT_FLAG) \
+		--LabApp.app_settings_dir=$(HERE)jupyter/settings
 
 test: $(STAMP)
 	LABKIT_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --durations=20

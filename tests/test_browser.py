@@ -41,8 +41,7 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 SETTINGS = {  # JupyterLab user settings for the test server: never write to the notebook
     "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
     "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none", "autoStartDefaultKernel": True},
-    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
-}
+}  # the news prompt is turned off by the kit's own jupyter/settings/overrides.json (checked below)
 
 
 def _requirements() -> str | None:
@@ -244,6 +243,11 @@ def test_jupyterlab_runs_a_notebook_with_a_figure_and_a_widget(target, tmp_path)
         lab = _get(server.port, "/lab")
         assert lab.status == 302 and "/login" in lab.getheader("Location", "")
         assert _get(server.port, f"/api/contents?token={server.token}").status == 200
+        # The kit's settings override answers JupyterLab's "fetch news?" question with "never".
+        notif = _get(server.port, f"/lab/api/settings/@jupyterlab/apputils-extension:notification?token={server.token}")
+        assert notif.status == 200
+        defaults = json.loads(notif.read())["schema"]["properties"]  # overrides become the defaults
+        assert defaults["fetchNews"]["default"] == "false" and defaults["checkForUpdates"]["default"] is False
         seen = _drive(server, notebook, target, run_timeout)
     finally:
         server.stop()

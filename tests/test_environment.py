@@ -45,3 +45,55 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make lab" in readme
     assert "exec make test" in (ROOT / ".ci/run").read_text()
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin (name==version)"
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_pyproject_bounds():
+    """constraints.txt (what CI passed with) pins each of pyproject's packages, torch aside, at a
+    version that pyproject's lower bound admits: the two files stay in step."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = _pins()
+    assert "torch" not in pins and "labkit" not in pins
+    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        if name == "torch":
+            continue
+        assert name in pins, f"{name} is in pyproject.toml but not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (name, str(req.specifier), pins[name])
+
+
+def test_make_installs_with_the_constraints_by_default():
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"pip install .*\$\(if \$\(CONSTRAINTS\),-c \$\(CONSTRAINTS\)\) -e", make)
+    assert re.search(r"CONSTRAINTS \?= .*constraints\.txt", make)
+
+
+def test_lab_ships_settings_that_turn_off_the_news_prompt():
+    """JupyterLab asks every new user whether to fetch news from the internet; the kit's lab
+    answers 'never' through an overrides file, valid against JupyterLab's own schema."""
+    import json
+
+    overrides = json.loads((ROOT / "jupyter" / "settings" / "overrides.json").read_text())
+    notification = overrides["@jupyterlab/apputils-extension:notification"]
+    assert notification == {"fetchNews": "false", "checkForUpdates": False}
+    assert "--LabApp.app_settings_dir=$(HERE)jupyter/settings" in (ROOT / "Makefile").read_text()
+    import sys
+    schema = Path(sys.prefix) / "share/jupyter/lab/schemas/@jupyterlab/apputils-extension/notification.json"
+    if not schema.exists():
+        pytest.skip("JupyterLab's schemas are not installed in this environment")
+    props = json.loads(schema.read_text())["properties"]
+    assert {c["const"] for c in props["fetchNews"]["oneOf"]} >= {"false"}
+    assert props["checkForUpdates"]["type"] == "boolean"
