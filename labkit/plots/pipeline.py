@@ -22,6 +22,7 @@ from labkit.parallel.schedule import (
     make_schedule,
     peak_in_flight,
 )
+from labkit.widgets import explorer, widgets_available
 
 COLOURS = {"F": "#4C72B0", "B": "#DD8452"}
 
@@ -107,8 +108,6 @@ def schedule_explorer(stages: int = 4, micro_batches: int = 8, schedule: str = "
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
     schedule_view(stages, micro_batches, schedule)  # validates stages and micro_batches
-    from labkit.widgets import explorer, widgets_available
-
     live = widgets_available() if interactive is None else interactive
     defaults = {"stages": stages, "micro_batches": micro_batches, "schedule": schedule}
     controls = dict.fromkeys(defaults)

@@ -34,6 +34,8 @@ from torch import nn
 
 from labkit.export import OnnxModule, compare, export, quantize_onnx, quiet_loggers
 from labkit.metrics import latency, size_on_disk
+from labkit.quantize.api import DynamicActivationConfig, quantize_
+from labkit.train import evaluate
 
 RUNTIMES = ("fp32", "torch_int8", "onnx_fp32", "onnx_int8", "torchao_int8_dynamic", "torchao_int8_weight_only",
             "labkit_int8")
@@ -118,8 +120,6 @@ def build_runtimes(model: nn.Module, example_inputs, *, names: Sequence[str] = R
             m = torchao_int8(fp32, weight_only=name.endswith("weight_only"), device=dev)
             out[name] = Runtime(name, m, size_on_disk(m), device=dev, note=f"torchao on {dev}")
         else:  # labkit_int8
-            from labkit.quantize.api import DynamicActivationConfig, quantize_
-
             m = quantize_(copy.deepcopy(fp32), DynamicActivationConfig())
             out[name] = Runtime(name, m, size_on_disk(m), note="labkit int8 storage, float compute (a simulation)")
     return out
@@ -153,8 +153,6 @@ def measure_runtimes(runtimes: Mapping[str, Runtime], inputs, *, data: Iterable 
                "speedup": statistics.median(a / b for a, b in zip(times[reference], times[n])),
                "max_abs_diff": diff, "device": r.device, "note": r.note}
         if data is not None:
-            from labkit.train import evaluate
-
             row["accuracy"] = evaluate(r.module, data, device=r.device)["accuracy"]
         rows.append(row)
     return rows
