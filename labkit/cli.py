@@ -26,8 +26,8 @@ def _doctor(args) -> int:
 def _bench(args) -> int:
     import torch
 
-    from labkit.bench import cpu_peak_gflops, elementwise_gbps, matmul_sweep
     from labkit.devices import available_devices
+    from labkit.hardware import cpu_peak_gflops, elementwise_gbps, matmul_sweep
 
     sizes = (128, 512, 1024) if args.quick else (128, 256, 512, 1024, 2048)
     peak = cpu_peak_gflops()

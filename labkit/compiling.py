@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from labkit.devices import synchronize
-from labkit.profiling import compare_times
+from labkit.timing import compare
 
 # The fusion example: add a bias, GELU, scale, add the input back (a residual).
 # (tensors read, tensors written) per eager op, counting only full-size tensors:
@@ -99,7 +99,7 @@ def compare_compiled(eager_fn: Callable[[], object], compiled_fn: Callable[[], o
     """Time ``compiled_fn``'s first call (which compiles), then both functions' steady steps.
 
     ``compile_seconds = first call - one compiled step``. Steady steps are timed in ``rounds``
-    interleaved rounds (``labkit.profiling.compare_times``). If compiling raises (no C++
+    interleaved rounds (``labkit.timing.compare``). If compiling raises (no C++
     compiler, an unsupported operation), the error is caught and reported in the result.
     """
     if not callable(eager_fn) or not callable(compiled_fn):
@@ -111,12 +111,12 @@ def compare_compiled(eager_fn: Callable[[], object], compiled_fn: Callable[[], o
         synchronize(dev)
     except Exception as err:  # e.g. torch._inductor.exc.InvalidCxxCompiler, BackendCompilerFailed
         last = str(err).strip().splitlines()
-        eager = compare_times({"eager": eager_fn}, rounds=1, device=dev, min_run_time=min_run_time)["eager"]
+        eager = compare({"eager": eager_fn}, rounds=1, device=dev, min_run_time=min_run_time)["eager"]["median"]
         return CompileReport(label, math.nan, eager, math.nan, f"{type(err).__name__}: {last[0] if last else ''}"[:300])
     first = time.perf_counter() - start
-    t = compare_times({"eager": eager_fn, "compiled": compiled_fn}, rounds=rounds, device=dev,
-                      min_run_time=min_run_time / rounds)
-    return CompileReport(label, max(first - t["compiled"], 0.0), t["eager"], t["compiled"])
+    t = compare({"eager": eager_fn, "compiled": compiled_fn}, rounds=rounds, device=dev, min_run_time=min_run_time / rounds)
+    eager, compiled = t["eager"]["median"], t["compiled"]["median"]
+    return CompileReport(label, max(first - compiled, 0.0), eager, compiled)
 
 
 def compile_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: Callable | None = None,

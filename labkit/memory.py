@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from labkit.profiling import compare_times
+from labkit.timing import compare
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
@@ -267,8 +267,9 @@ def checkpoint_sweep(sequential: nn.Sequential, x: torch.Tensor, y: torch.Tensor
         return run
 
     nbytes = {k: saved_activation_bytes(m, x) for k, m in models.items()}
-    times = compare_times({k: fwd_bwd(m) for k, m in models.items()}, rounds=rounds, device=x.device,
-                          min_run_time=min_run_time / rounds)
+    timed = compare({k: fwd_bwd(m) for k, m in models.items()}, rounds=rounds, device=x.device,
+                    min_run_time=min_run_time / rounds)
+    times = {k: t["median"] for k, t in timed.items()}
     plain = {"bytes": nbytes["plain"], "seconds": times["plain"]}
     points = [{"segments": s, "bytes": nbytes[s], "seconds": times[s], "memory_ratio": nbytes[s] / plain["bytes"],
                "time_ratio": times[s] / plain["seconds"]} for s in segments]

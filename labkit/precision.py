@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from labkit.profiling import compare_times
+from labkit.timing import compare
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -185,7 +185,7 @@ def autocast_step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         _check_dtype(dt)
         if dt == torch.float32 or autocast_supported(dev.type, dt):
             fns[str(dt).replace("torch.", "")] = runner(dt)
-    times = compare_times(fns, rounds=rounds, device=dev, min_run_time=min_run_time / rounds) if fns else {}
+    times = {k: t["median"] for k, t in compare(fns, rounds=rounds, device=dev, min_run_time=min_run_time / rounds).items()} if fns else {}
     rows = [{"dtype": str(dt).replace("torch.", ""), "seconds": times.get(str(dt).replace("torch.", ""), math.nan)}
             for dt in dtypes]
     base = rows[0]["seconds"]

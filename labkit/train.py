@@ -9,6 +9,7 @@ shrink epochs with one switch (``pick(full, fast)``). Used by every lesson that 
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from labkit._args import positive_float
 from labkit.devices import get_device
 
 
@@ -167,3 +169,49 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, val_loader
         else:
             bar.set_postfix(loss=f"{tr['loss']:.3f}")
     return history
+
+
+def _as_inputs(inputs) -> tuple[torch.Tensor, ...]:
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    if not isinstance(inputs, (tuple, list)) or not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise TypeError("inputs must be a tensor or a non-empty tuple of tensors (e.g. model.example_inputs())")
+    return tuple(inputs)
+
+
+def make_train_step(model: torch.nn.Module, inputs, targets: torch.Tensor, *, device=None, lr: float = 0.01,
+                    autocast_dtype: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
+    """Return ``step()``: one SGD training step of a *copy* of ``model`` on ``device``.
+
+    One step = forward, cross-entropy loss against ``targets``, backward, ``p -= lr * p.grad``
+    (``torch.optim.SGD``). The caller's model is left untouched; the copy that trains is
+    ``step.model``. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass under
+    ``torch.autocast`` for that device. ``step()`` returns the loss (a tensor, not synchronized).
+    Used by :func:`time_train_step` in ``01_cpu_vs_gpu_tpu``.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    inputs = _as_inputs(inputs)
+    if not isinstance(targets, torch.Tensor) or targets.dtype != torch.int64:
+        raise TypeError("targets must be an int64 tensor of class indices")
+    if len(targets) != len(inputs[0]):
+        raise ValueError(f"targets has {len(targets)} labels but the batch has {len(inputs[0])} inputs")
+    positive_float("lr", lr)
+    if autocast_dtype is not None and (not isinstance(autocast_dtype, torch.dtype) or not autocast_dtype.is_floating_point):
+        raise TypeError(f"autocast_dtype must be None or a floating torch.dtype, got {autocast_dtype!r}")
+    dev = get_device(device)
+    net = copy.deepcopy(model).to(dev).train()
+    xs = tuple(x.to(dev) for x in inputs)
+    ys = targets.to(dev)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = net(*xs)
+        loss = torch.nn.functional.cross_entropy(out.float(), ys)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    step.model = net
+    return step

@@ -15,7 +15,6 @@ from labkit.profiling import (
     BatchStream,
     StepProfile,
     annotated_step,
-    compare_times,
     phase_times,
     profile_training,
 )
@@ -109,16 +108,3 @@ def test_bad_arguments():
 def test_coverage_of_an_empty_profile_is_zero():
     p = StepProfile({p: 0.0 for p in PHASES}, 0.0, 1, "", ())
     assert p.coverage == 0.0
-
-
-def test_compare_times_orders_known_durations():
-    got = compare_times({"short": lambda: time.sleep(0.002), "long": lambda: time.sleep(0.008)}, rounds=3,
-                        min_run_time=0.01)
-    assert list(got) == ["short", "long"]
-    assert got["short"] >= 0.002 and got["long"] >= 0.008  # sleep never returns early
-    with pytest.raises(TypeError, match="fns"):
-        compare_times({})
-    with pytest.raises(TypeError, match="fns"):
-        compare_times({"a": 3})
-    with pytest.raises(ValueError, match="rounds"):
-        compare_times({"a": lambda: None}, rounds=0)
