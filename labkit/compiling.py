@@ -32,6 +32,7 @@ from torch import nn
 
 from labkit.devices import synchronize
 from labkit.timing import compare
+from labkit.train import make_train_step
 
 # The fusion example: add a bias, GELU, scale, add the input back (a residual).
 # (tensors read, tensors written) per eager op, counting only full-size tensors:
@@ -127,21 +128,10 @@ def compile_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     so ``model`` itself stays eager."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    twin = copy.deepcopy(model)
-    compiled = torch.compile(twin, mode=mode)
-
-    def stepper(m, params):
-        opt = torch.optim.SGD(params, lr=lr)
-
-        def step():
-            loss = loss_fn(m(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step
-
-    return compare_compiled(stepper(model, model.parameters()), stepper(compiled, twin.parameters()),
+    compiled = torch.compile(copy.deepcopy(model), mode=mode)
+    eager_step, compiled_step = (make_train_step(m, x, y, loss_fn=loss_fn or nn.functional.cross_entropy, lr=lr,
+                                                 device=x.device, copy_model=False) for m in (model, compiled))
+    return compare_compiled(eager_step, compiled_step,
                             label=f"{type(model).__name__} training step", device=x.device, min_run_time=min_run_time,
                             rounds=rounds)
 
