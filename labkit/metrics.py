@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -150,3 +150,19 @@ def count_flops(model: torch.nn.Module, inputs: tuple | torch.Tensor, *, backwar
         if backward:
             out.sum().backward()
     return int(counter.get_total_flops())
+
+
+def storage_key(t: torch.Tensor) -> tuple[int, int]:
+    """``(address, bytes)`` of the storage behind ``t``: views of one tensor share it."""
+    s = t.untyped_storage()
+    return (s.data_ptr(), s.nbytes())
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views and repeats counted once)."""
+    seen = {}
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"expected tensors, got {type(t).__name__}")
+        seen[storage_key(t)] = t.untyped_storage().nbytes()
+    return sum(seen.values())

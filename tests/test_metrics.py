@@ -7,6 +7,7 @@ import torch
 
 from labkit import metrics as Mx
 from labkit import timing
+from labkit.metrics import tensor_bytes
 from labkit.models import MLP, SmallCNN
 from labkit.timing import Timing
 
@@ -72,3 +73,11 @@ def test_compare_latency_bad_input():
         Mx.compare_latency({"m": m}, torch.rand(1, 4), rounds=0)
     with pytest.raises(TypeError, match="model"):
         Mx.compare_latency({"m": "not a model"}, torch.rand(1, 4))
+
+
+def test_tensor_bytes_counts_storages_once():
+    a = torch.zeros(10, 10)
+    assert tensor_bytes([a, a.t(), a[2:5], a.view(-1)]) == 400
+    assert tensor_bytes([a, torch.zeros(3, dtype=torch.float64)]) == 424
+    with pytest.raises(TypeError, match="tensors"):
+        tensor_bytes([a, 3])

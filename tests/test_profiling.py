@@ -1,4 +1,4 @@
-"""labkit.profiling: the four phases are found, timed, and add up to the step's wall time."""
+"""labkit.efficiency.profiling: the four phases are found, timed, and add up to the step's wall time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from labkit.profiling import (
+from labkit.efficiency.profiling import (
     PHASES,
     BatchStream,
     StepProfile,

@@ -49,7 +49,7 @@ class _Held:
 class LiveActivationMeter:
     """Bytes autograd keeps for backward *right now* (``current``) and at most (``peak``).
 
-    Unlike :class:`labkit.memory.SavedTensorMeter` (everything saved inside one ``with`` block,
+    Unlike :class:`labkit.efficiency.memory.SavedTensorMeter` (everything saved inside one ``with`` block,
     lesson 02), this one also sees bytes released when backward frees a micro-batch's graph,
     which is what a pipeline's peak depends on when forwards and backwards interleave (1F1B).
     Each saved tensor counts its own bytes (a micro-batch that is a view of the batch counts

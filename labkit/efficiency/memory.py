@@ -35,22 +35,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from labkit.metrics import storage_key, tensor_bytes
 from labkit.timing import compare
-
-
-def _storage_key(t: torch.Tensor) -> tuple[int, int]:
-    s = t.untyped_storage()
-    return (s.data_ptr(), s.nbytes())
-
-
-def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (views and repeats counted once)."""
-    seen = {}
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"expected tensors, got {type(t).__name__}")
-        seen[_storage_key(t)] = t.untyped_storage().nbytes()
-    return sum(seen.values())
 
 
 def parameter_bytes(model: nn.Module) -> int:
@@ -87,13 +73,13 @@ class SavedTensorMeter:
     """
 
     def __init__(self, *, exclude: Iterable[torch.Tensor] = ()):
-        self._excluded = {_storage_key(t) for t in exclude}
+        self._excluded = {storage_key(t) for t in exclude}
         self._saved: dict[tuple[int, int], torch.UntypedStorage] = {}
         self._params: set[tuple[int, int]] = set()
         self._hooks = None
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
+        key = storage_key(t)
         if key in self._excluded:
             self._params.add(key)
         else:
