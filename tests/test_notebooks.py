@@ -1,4 +1,4 @@
-"""The lesson notebooks as a set: each follows docs/CONTRIBUTING.md (labkit.nbtools.lint), and
+"""The lesson notebooks as a set: each follows docs/CONTRIBUTING.md (labkit.classroom.nbtools.lint), and
 they are numbered 00..08 in teaching order, without gaps. nbval runs them (make test); this file
 only reads them, so it takes well under a second."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.nbtools import lint, read
+from labkit.classroom.nbtools import lint, read
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 LESSONS = sorted(NOTEBOOKS.glob("*.ipynb"))

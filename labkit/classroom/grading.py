@@ -8,7 +8,7 @@ learner deleted the check, the kernel died, the notebook ran out of time) is "mi
 One point per passed exercise; the report is a text table and a CSV in long format (one row
 per exercise plus a TOTAL row per notebook) that a grade book or a spreadsheet can pivot.
 
-Used by ``labkit grade`` and by :mod:`labkit.course` (``labkit course``).
+Used by ``labkit grade`` and by :mod:`labkit.classroom.course` (``labkit course``).
 """
 
 from __future__ import annotations
