@@ -200,7 +200,7 @@ def kv_cache_speedup(model: nn.Module, lengths, *, threads: int | None = None, m
         cached = time_decode(model, context=n, threads=threads, min_run_time=min_run_time).median
         idx = torch.randint(0, model.config.vocab_size, (1, n + 1))
 
-        def recompute():
+        def recompute(idx=idx):
             with torch.no_grad():
                 model(idx)
 
