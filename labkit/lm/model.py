@@ -58,7 +58,7 @@ class GPTConfig:
 
 
 CONFIGS: dict[str, GPTConfig] = {
-    "tiny": GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32),
+    "tiny": GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64),
     "draft": GPTConfig(block_size=128, n_layer=1, n_head=2, n_embd=64),
     "course": GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128),
     "timing": GPTConfig(block_size=256, n_layer=6, n_head=16, n_embd=1024),
