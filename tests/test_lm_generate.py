@@ -39,6 +39,19 @@ def test_prefill_then_decode_matches_one_forward(tiny, gen):
     assert cache.length == 9
 
 
+def test_crop_rolls_the_cache_back(tiny, gen):
+    seq = torch.randint(0, 256, (1, 12), generator=gen)
+    full = tiny(seq)
+    cache = G.KVCache(tiny.config)
+    G.prefill(tiny, seq[:, :10], cache)
+    cache.crop(6)  # as if positions 6..9 were rejected
+    with torch.no_grad():
+        again = tiny(seq[:, 6:], cache=cache)
+    torch.testing.assert_close(again, full[:, 6:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="length"):
+        cache.crop(13)
+
+
 def test_batched_sampling_with_cache_equals_recompute(tiny, gen):
     prompt = torch.randint(0, 256, (3, 4), generator=gen)
     a = G.generate(tiny, prompt, 10, temperature=0.8, top_k=20, generator=torch.Generator().manual_seed(1))

@@ -57,6 +57,11 @@ class KVCache:
         """Forget every position (the buffers are reused)."""
         self.length = 0
 
+    def crop(self, length: int) -> None:
+        """Keep only the first ``length`` positions (speculative decoding rolls back the tokens
+        the target model rejected); later writes overwrite the rest."""
+        self.length = _args.integer("length", length, minimum=0, maximum=self.length)
+
     @property
     def nbytes(self) -> int:
         """Bytes allocated for K and V (all ``max_len`` positions)."""
