@@ -108,7 +108,7 @@ def time_decode(model: nn.Module, *, context: int, batch: int = 1, threads: int 
     """Time one decode step (``batch`` new tokens) after ``context`` cached positions.
 
     The cache is filled once by a prefill of random tokens; each timed call rolls it back to
-    ``context`` positions (``cache.length = context``) and decodes one token per sequence.
+    ``context`` positions (``cache.crop(context)``) and decodes one token per sequence.
     """
     _check_gpt(model)
     context = _check_context(model, context)
@@ -117,7 +117,7 @@ def time_decode(model: nn.Module, *, context: int, batch: int = 1, threads: int 
     token = torch.randint(0, model.config.vocab_size, (batch,), generator=generator)
 
     def step():
-        cache.length = context
+        cache.crop(context)
         decode_step(model, token, cache)
 
     return time_fn(step, threads=threads, min_run_time=min_run_time, label=f"decode b={batch} ctx={context}")

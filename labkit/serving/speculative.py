@@ -25,7 +25,7 @@ Greedy mode (``temperature=None``) uses one-hot ``p`` and ``q``: a guess is kept
 target's argmax, else replaced by that argmax - the output equals plain greedy decoding.
 
 Both models keep a KV cache (``labkit.lm.generate.KVCache``); rolling back the rejected guesses is
-setting ``cache.length`` back (the stale positions are overwritten by the next writes).
+``cache.crop(length)`` (the stale positions are overwritten by the next writes).
 ``use_cache=False`` recomputes every call from the whole sequence (the reference).
 Used by lesson ``09_serving_a_language_model``.
 """
@@ -152,7 +152,7 @@ class _Runner:
     def keep(self, length: int) -> None:
         """Roll back to the first ``length`` positions (forget rejected guesses)."""
         if self.cache is not None:
-            self.cache.length = min(self.cache.length, length)
+            self.cache.crop(min(self.cache.length, length))
 
 
 @torch.no_grad()
