@@ -93,9 +93,14 @@ def read_bandwidth_gbs(nbytes: int = 256 << 20, *, threads: int | None = None, m
 
 
 def _filled_cache(model: GPT, *, context: int, batch: int, generator: torch.Generator | None = None) -> KVCache:
+    """A KV cache holding ``context`` positions of random keys and values: a decode step costs the
+    same whatever they hold, and filling them by a prefill would cost ``batch x context`` tokens."""
     cfg = model.config
     cache = KVCache(cfg, batch_size=batch, max_len=min(cfg.block_size, context + 1), dtype=_float_dtype(model))
-    prefill(model, torch.randint(0, cfg.vocab_size, (batch, context), generator=generator), cache)
+    for buffers in (cache.k, cache.v):
+        for t in buffers:
+            t[:, :, :context] = torch.randn(t[:, :, :context].shape, generator=generator).to(t.dtype)
+    cache.advance(context)
     return cache
 
 
@@ -107,7 +112,7 @@ def time_decode(model: nn.Module, *, context: int, batch: int = 1, threads: int 
                 min_run_time: float = 0.3, generator: torch.Generator | None = None) -> Timing:
     """Time one decode step (``batch`` new tokens) after ``context`` cached positions.
 
-    The cache is filled once by a prefill of random tokens; each timed call rolls it back to
+    The cache is filled once with random keys and values; each timed call rolls it back to
     ``context`` positions (``cache.crop(context)``) and decodes one token per sequence.
     """
     _check_gpt(model)
