@@ -31,27 +31,38 @@ def _model():
     return GPT(CFG).eval()
 
 
-def _hand_weight_floats(c: GPTConfig) -> int:
+def _hand_weight_floats(c: GPTConfig, *, tied: bool) -> int:
+    """Numbers a decode step reads: the head's matrix, one row of each embedding table that is only
+    looked up (wte, unless tied to the head; wpe), the blocks and the final LayerNorm."""
     d, h = c.n_embd, c.mlp_ratio * c.n_embd
     per_block = (2 * 2 * d) + (d * 3 * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)  # 2 LayerNorms, attn, MLP
-    return c.vocab_size * d + d + c.n_layer * per_block + 2 * d  # wte (= head), one wpe row, blocks, ln_f
+    embedding_rows = d if tied else 2 * d
+    return c.vocab_size * d + embedding_rows + c.n_layer * per_block + 2 * d
 
 
-def test_decode_weight_bytes_count_the_tied_table_once_and_one_position_row():
-    model = _model()
-    assert decode_weight_bytes(model) == 4 * _hand_weight_floats(CFG)
-    all_params = sum(p.numel() for p in model.parameters()) * 4
-    assert decode_weight_bytes(model) == all_params - 4 * (CFG.block_size - 1) * CFG.n_embd
-    assert decode_weight_bytes(model.to(torch.bfloat16)) == 2 * _hand_weight_floats(CFG)
+def _tied(model):
+    model.head.weight = model.wte.weight  # as in GPT-2: the head reads the embedding matrix whole
+    return model
 
 
-def test_weight_bytes_of_an_int8_model_count_codes_and_scales():
-    model = quantize_weight_only_(_model(), bits=8)
-    d, h, n = CFG.n_embd, 4 * CFG.n_embd, CFG.n_layer
-    linear_weights = n * (d * 3 * d + d * d + d * h + h * d)
-    out_channels = n * (3 * d + d + h + d)
-    want = 4 * _hand_weight_floats(CFG) - 4 * linear_weights + linear_weights + 2 * out_channels  # int8 + bf16 scales
-    assert decode_weight_bytes(model) == want
+@pytest.mark.parametrize("tied", [False, True])
+def test_decode_weight_bytes_count_each_matrix_once_and_looked_up_tables_by_the_row(tied):
+    model = _tied(_model()) if tied else _model()
+    assert decode_weight_bytes(model) == 4 * _hand_weight_floats(CFG, tied=tied)
+    all_params = sum(p.numel() for p in model.parameters()) * 4  # a tied weight is one parameter
+    only_looked_up = (CFG.block_size - 1) * CFG.n_embd + (0 if tied else (CFG.vocab_size - 1) * CFG.n_embd)
+    assert decode_weight_bytes(model) == all_params - 4 * only_looked_up
+    assert decode_weight_bytes(model.to(torch.bfloat16)) == 2 * _hand_weight_floats(CFG, tied=tied)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_weight_bytes_of_an_int8_model_count_codes_and_scales(tied):
+    model = quantize_weight_only_(_tied(_model()) if tied else _model(), bits=8)
+    d, h, n, v = CFG.n_embd, 4 * CFG.n_embd, CFG.n_layer, CFG.vocab_size
+    linear_weights = n * (d * 3 * d + d * d + d * h + h * d) + (0 if tied else d * v)  # a tied head stays float
+    out_channels = n * (3 * d + d + h + d) + (0 if tied else v)
+    want = 4 * _hand_weight_floats(CFG, tied=tied) - 4 * linear_weights + linear_weights + 2 * out_channels
+    assert decode_weight_bytes(model) == want  # int8 codes + one bf16 scale per output channel
 
 
 def test_bytes_per_step_add_the_kv_cache_of_every_sequence():
