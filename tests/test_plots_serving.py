@@ -48,3 +48,10 @@ def test_bad_arguments_raise():
         draw_decode({"batches": [1]})
     with pytest.raises(ValueError, match="rows"):
         plot_kv_speedup([])
+
+
+def test_the_explorer_has_a_slider_per_control():
+    widget = decode_explorer(**KW, bits=8, context=16, interactive=True)
+    bits, context = widget.children[:2]
+    assert (bits.description, bits.value, context.description, context.value) == ("weight bits", 8, "context", 16)
+    plt.close("all")
