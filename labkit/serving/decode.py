@@ -193,10 +193,13 @@ def batch_sweep(model: nn.Module, batches, *, context: int, bandwidth_gbs: float
     return rows
 
 
-def kv_cache_speedup(model: nn.Module, lengths, *, threads: int | None = None, min_run_time: float = 0.3) -> list[dict]:
+def kv_cache_speedup(model: nn.Module, lengths, *, threads: int | None = None, min_run_time: float = 0.3,
+                     warmup: int = 1) -> list[dict]:
     """For each sequence length ``L``: the time of the next token with the KV cache (one decode
-    step after ``L`` cached positions) and without it (a forward over all ``L + 1`` positions)."""
+    step after ``L`` cached positions) and without it (a forward over all ``L + 1`` positions).
+    ``warmup`` untimed calls precede each timing (a recompute of a long sequence takes seconds)."""
     _check_gpt(model)
+    warmup = _args.non_negative_int("warmup", warmup)
     lengths = [_check_context(model, n) for n in lengths]
     if not lengths:
         raise ValueError("lengths must not be empty")
@@ -209,6 +212,7 @@ def kv_cache_speedup(model: nn.Module, lengths, *, threads: int | None = None, m
             with torch.no_grad():
                 model(idx)
 
-        full = time_fn(recompute, threads=threads, min_run_time=min_run_time, label=f"recompute {n + 1}").median
+        full = time_fn(recompute, threads=threads, min_run_time=min_run_time, warmup=warmup,
+                       label=f"recompute {n + 1}").median
         rows.append({"length": n, "cached_ms": cached * 1e3, "recompute_ms": full * 1e3, "speedup": full / cached})
     return rows
