@@ -187,3 +187,12 @@ def test_bad_arguments_raise():
         speculative_generate(target, nn.Linear(2, 2), prompt, 5)
     with pytest.raises(TypeError, match="prompt_ids"):
         speculative_generate(target, target, torch.tensor([0.5]), 5)
+    p = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match="q"):
+        accept_or_resample(p, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), 0)
+    with pytest.raises(ValueError, match="token"):
+        accept_or_resample(p, p, 2)
+    with pytest.raises(TypeError, match="probs"):
+        speculative.draw(torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="temperature"):
+        speculative.next_probs(torch.zeros(3), 0.0)

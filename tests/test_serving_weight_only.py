@@ -146,5 +146,9 @@ def test_bad_arguments_raise():
         quantize_weight_only_(nn.Linear(16, 16), bits=3)
     with pytest.raises(TypeError, match="model"):
         quantize_weight_only_("model")
+    with pytest.raises(TypeError, match="linear"):
+        kernel_fits(nn.Conv2d(1, 1, 1), bits=8)
+    with pytest.raises(ValueError, match="bits"):
+        kernel_fits(nn.Linear(16, 16), bits=2)
     with pytest.raises(ValueError, match="last dimension"):
         Int8WeightOnlyLinear(torch.randn(16, 16))(torch.randn(2, 32))

@@ -86,8 +86,10 @@ def expected_speedup(alpha: float, k: int, cost_ratio: float) -> float:
 def next_probs(logits: torch.Tensor, temperature: float | None) -> torch.Tensor:
     """Float64 next-token probabilities from ``logits`` ``(..., V)``: ``softmax(logits / T)``,
     or one-hot at the argmax when ``temperature`` is None (greedy)."""
+    _args.tensor("logits", logits, dtype="floating", non_empty=True)
     if temperature is None:
         return nn.functional.one_hot(logits.argmax(-1), logits.size(-1)).double()
+    temperature = _args.positive_float("temperature", temperature)
     return torch.softmax(logits.double() / temperature, dim=-1)
 
 
@@ -98,6 +100,9 @@ def accept_or_resample(p: torch.Tensor, q: torch.Tensor, token: int, *,
 
     Returns ``(accepted, token_out)``. ``p`` and ``q`` are probability vectors ``(V,)``.
     """
+    _args.tensor("p", p, dtype="floating", ndim=1, non_empty=True)
+    _args.tensor("q", q, dtype="floating", shape=tuple(p.shape))
+    token = _args.integer("token", token, minimum=0, maximum=len(p) - 1)
     ratio = float(p[token]) / float(q[token]) if float(q[token]) > 0 else float("inf")
     if ratio >= 1 or (ratio > 0 and float(torch.rand((), generator=generator, dtype=torch.float64)) < ratio):
         return True, token
@@ -110,6 +115,7 @@ def accept_or_resample(p: torch.Tensor, q: torch.Tensor, token: int, *,
 def draw(probs: torch.Tensor, *, generator: torch.Generator | None = None) -> int:
     """One token from ``probs`` ``(V,)``; no random number is used when one token has all the mass
     (greedy mode leaves the random stream alone)."""
+    _args.tensor("probs", probs, dtype="floating", ndim=1, non_empty=True)
     support = torch.nonzero(probs > 0)
     if len(support) == 1:
         return int(support[0, 0])

@@ -194,6 +194,9 @@ class Int4WeightOnlyLinear(_WeightOnlyLinear):
 
 def kernel_fits(linear: nn.Linear, *, bits: int, group_size: int = 128) -> bool:
     """True if ``linear``'s shape suits the kernel (K % 16; int4: N % 16 and K % group_size)."""
+    _args.module("linear", linear, nn.Linear)
+    bits = _args.choice("bits", _args.integer("bits", bits), (4, 8))
+    group_size = _args.choice("group_size", _args.integer("group_size", group_size), GROUP_SIZES)
     n, k = linear.weight.shape
     if k % 16:
         return False
