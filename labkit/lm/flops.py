@@ -58,7 +58,7 @@ def training_flops_per_token(config: GPTConfig, seq_len: int) -> int:
 
 def mfu(tokens_per_second: float, config: GPTConfig, seq_len: int, peak_flops: float) -> float:
     """Model FLOP utilisation of training: ``tokens_per_second * training_flops_per_token /
-    peak_flops``. ``peak_flops`` is in FLOP/s (e.g. ``1e9 * labkit.bench.cpu_peak_gflops().gflops``, lesson 01's
+    peak_flops``. ``peak_flops`` is in FLOP/s (e.g. ``1e9 * labkit.hardware.cpu_peak_gflops().gflops``, lesson 01's
     estimate)."""
     tokens_per_second = _args.positive_float("tokens_per_second", tokens_per_second)
     peak_flops = _args.positive_float("peak_flops", peak_flops)
