@@ -22,3 +22,31 @@ def test_quantized_linear_refuses_a_convolution():
     with pytest.raises(TypeError, match="spec must be a labkit.quantize.WeightSpec"):
         QuantizedLinear(nn.Linear(4, 2), {"bits": 8})
     assert isinstance(QuantizedLinear(nn.Linear(4, 2), WeightSpec())(torch.ones(1, 4)), torch.Tensor)
+
+
+@pytest.mark.parametrize("fractions, exc, word", [
+    ((math.nan,), ValueError, r"fractions\[0\] must be a finite number"),
+    ((0.5, math.inf), ValueError, r"fractions\[1\]"),
+    ((0.5, 0.4), ValueError, "fractions must sum to 1"),
+    ((0.0, 1.0), ValueError, r"fractions\[0\] must be > 0"),
+    (0.5, TypeError, "fractions must be a tuple"),
+    (("0.5", "0.5"), TypeError, r"fractions\[0\] must be a number"),
+])
+def test_stratified_split_fractions(fractions, exc, word):
+    from labkit.data import stratified_split
+
+    with pytest.raises(exc, match=word):
+        stratified_split(torch.tensor([0, 1] * 5), fractions)
+
+
+@pytest.mark.parametrize("y, exc, word", [
+    (torch.tensor([0.0, 1.0, 1.0, 0.0]), TypeError, "y must be an integer tensor"),
+    (torch.zeros(4, 2, dtype=torch.long), ValueError, "y must have 1 dimensions"),
+    (torch.zeros(0, dtype=torch.long), ValueError, "y must not be empty"),
+    ([0, 1, 0, 1], TypeError, "y must be a torch.Tensor"),
+])
+def test_stratified_split_labels(y, exc, word):
+    from labkit.data import stratified_split
+
+    with pytest.raises(exc, match=word):
+        stratified_split(y, (0.5, 0.5))
