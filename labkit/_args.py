@@ -149,6 +149,17 @@ def mapping(name: str, value, *, non_empty: bool = False, what: str | None = Non
     return value
 
 
+def rows(name: str, value, *, keys: Collection[str] = (), non_empty: bool = True) -> list:
+    """A list of dicts (table rows), each holding ``keys``."""
+    items = sequence(name, value, non_empty=non_empty, what="a list of dicts (rows)")
+    for i, row in enumerate(items):
+        mapping(f"{name}[{i}]", row)
+        missing = [k for k in keys if k not in row]
+        if missing:
+            raise ValueError(f"{name}[{i}] lacks {missing}: every row needs {list(keys)}")
+    return items
+
+
 def instance(name: str, value, types: type | tuple[type, ...], what: str | None = None):
     """``value`` if it is an instance of ``types``, else a TypeError saying what was expected."""
     if not isinstance(value, types):
