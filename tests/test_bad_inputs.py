@@ -50,3 +50,15 @@ def test_stratified_split_labels(y, exc, word):
 
     with pytest.raises(exc, match=word):
         stratified_split(y, (0.5, 0.5))
+
+
+@pytest.mark.parametrize("raw, static", [("on", True), ("YES", True), ("1", True), ("off", False), ("0", False)])
+def test_static_widgets_flag_reads_like_every_other_flag(monkeypatch, raw, static):
+    from labkit import widgets
+
+    monkeypatch.setenv(widgets.STATIC_ENV, raw)
+    if static:
+        assert widgets.widgets_available() is False
+    monkeypatch.setenv(widgets.STATIC_ENV, "maybe")
+    with pytest.raises(ValueError, match="LABKIT_STATIC_WIDGETS.*'maybe'"):
+        widgets.widgets_available()
