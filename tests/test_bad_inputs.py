@@ -62,3 +62,15 @@ def test_static_widgets_flag_reads_like_every_other_flag(monkeypatch, raw, stati
     monkeypatch.setenv(widgets.STATIC_ENV, "maybe")
     with pytest.raises(ValueError, match="LABKIT_STATIC_WIDGETS.*'maybe'"):
         widgets.widgets_available()
+
+
+@pytest.mark.parametrize("threshold, exc", [(math.nan, ValueError), (math.inf, ValueError), (-0.1, ValueError),
+                                            ("0.1", TypeError), (None, TypeError)])
+def test_soft_threshold_refuses_nan_instead_of_wiping_the_weights(threshold, exc):
+    from labkit.prune import soft_threshold_
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    before = model[0].weight.detach().clone()
+    with pytest.raises(exc, match="threshold"):
+        soft_threshold_(model, threshold)
+    assert torch.equal(model[0].weight, before)  # untouched, not NaN
