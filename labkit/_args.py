@@ -229,6 +229,13 @@ def number_or_tensor(name: str, value) -> torch.Tensor:
     return torch.as_tensor(float(value) if not isinstance(value, numbers.Integral) else int(value))
 
 
+def tensors(name: str, value) -> tuple[torch.Tensor, ...]:
+    """A model's inputs: one tensor, or a non-empty tuple/list of tensors, as a tuple."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    return tuple(sequence(name, value, of=torch.Tensor, non_empty=True, what="a tensor or a tuple of tensors"))
+
+
 def path(name: str, value, *, must_exist: bool = False, suffix: str | None = None) -> Path:
     """A filesystem path (str or PathLike); optionally existing and with a given suffix."""
     if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str) and not value):

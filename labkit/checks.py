@@ -45,6 +45,9 @@ class CheckResult:
     message: str
     hint: str = ""
 
+    def __post_init__(self):
+        _args.fields(self)
+
     @property
     def passed(self) -> bool:
         return self.status == PASS

@@ -170,6 +170,7 @@ def load_int8_weight_onnx(path: str | os.PathLike, *, threads: int | None = None
     """
     import onnxruntime as ort
 
+    _args.path("path", path, must_exist=True)
     module = OnnxModule(path, threads=threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -221,9 +222,7 @@ def measure_steps(steps: Sequence[Step], inputs, *, data: Iterable | None = None
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ValueError(f"step names must be unique, got {names}")
-    if not isinstance(inputs, torch.Tensor):
-        _args.sequence("inputs", inputs, of=torch.Tensor, non_empty=True, what="a tensor or a tuple of tensors")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = _args.tensors("inputs", inputs)
     if data is not None:
         _args.iterable("data", data, "an iterable of (x, y) batches")
     one = tuple(t[:1] for t in inputs)

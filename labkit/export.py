@@ -45,10 +45,7 @@ def quiet_loggers(*names: str, level: int = logging.ERROR):
 
 
 def _inputs(example_inputs, name: str = "example_inputs") -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    what = "a tensor or a non-empty tuple of tensors"
-    return tuple(_args.sequence(name, example_inputs, of=torch.Tensor, non_empty=True, what=what))
+    return _args.tensors(name, example_inputs)
 
 
 def export(model: nn.Module, example_inputs, path: str | os.PathLike, *, dynamic_batch: bool = True,
@@ -121,7 +118,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
         super().__init__()
-        self.path = Path(path)
+        self.path = _args.path("path", path, must_exist=True)
         self.session = onnx_session(self.path, threads=threads)
 
     @property

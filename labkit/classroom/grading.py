@@ -56,6 +56,9 @@ class NotebookRun:
     kernel_died: bool = False
     nb: object = field(default=None, repr=False)
 
+    def __post_init__(self):
+        _args.fields(self)
+
     @property
     def ran_to_end(self) -> bool:
         return self.cells_run == self.cells and not (self.timed_out or self.kernel_died)
@@ -205,6 +208,9 @@ class GradeReport:
     """The verdicts of every graded notebook; ``table()`` for people, ``write_csv()`` for a grade book."""
 
     runs: list[NotebookRun]
+
+    def __post_init__(self):
+        _args.fields(self)
 
     @property
     def points(self) -> int:

@@ -98,6 +98,7 @@ def rank_device() -> torch.device:
 def mark(event: str) -> None:
     """Record what this rank is doing now (``"all_reduce 4096 B"``, ``"step 3"``): if the run times
     out, the launcher names each unfinished rank's last mark. A no-op outside :func:`launch`."""
+    _args.text("event", event)
     target = os.environ.get(EVENTS_ENV)
     if target:
         tmp = f"{target}.tmp"

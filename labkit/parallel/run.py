@@ -42,6 +42,7 @@ def resolve(spec: str):
 
 def parse_kwargs(text: str) -> dict:
     """``--kwargs`` JSON -> a dict (ValueError saying what is wrong with it)."""
+    _args.instance("text", text, str, "a JSON string")
     try:
         kwargs = json.loads(text)
     except json.JSONDecodeError as err:

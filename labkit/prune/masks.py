@@ -188,6 +188,9 @@ class SparsityReport:
     params: int
     zeros: int
 
+    def __post_init__(self):
+        _args.fields(self)
+
     def as_dict(self) -> dict[str, float]:
         return {r["layer"]: r["sparsity"] for r in self.rows}
 

@@ -76,6 +76,9 @@ class Group:
     consumers: tuple[tuple[str, int], ...]
     feeds_output: bool
 
+    def __post_init__(self):
+        _args.fields(self)
+
     def __str__(self) -> str:
         parts = [f"norm {n}" for n in self.norms] + [f"inputs of {c}" + (f" (x{b})" if b > 1 else "") for c, b in self.consumers]
         if self.feeds_output:
@@ -125,10 +128,7 @@ def _follow(node: fx.Node, modules, block: int, group: dict) -> None:
 
 
 def _inputs(example_inputs) -> tuple:
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not isinstance(inputs, tuple) or not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise TypeError("example_inputs must be a tensor or a tuple of tensors (e.g. model.example_inputs())")
-    return inputs
+    return _args.tensors("example_inputs", example_inputs)
 
 
 class ChannelPruner:

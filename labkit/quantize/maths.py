@@ -152,7 +152,7 @@ def choose_qparams(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, s
 def expand_param(p: torch.Tensor, x_shape: torch.Size, *, axis: int | None = None,
                  group_size: int | None = None, name: str = "scale") -> torch.Tensor:
     """Broadcast a scale or zero-point over a tensor of shape ``x_shape``."""
-    _args.tensor(name, p)
+    _args.tensor(f"p ({name})", p)
     x_shape = torch.Size(_args.sequence("x_shape", x_shape, of=int, what="a shape (torch.Size or tuple of ints)"))
     if axis is not None and group_size is not None:
         raise ValueError("give axis (per channel) or group_size (per group), not both")
@@ -252,6 +252,9 @@ def quantize_dequantize(x: torch.Tensor, *, bits: int = 8, symmetric: bool = Fal
 def granularity_kwargs(granularity: str, axis: int, group_size: int | None) -> dict:
     """The ``axis`` / ``group_size`` keywords quantize/dequantize need for a granularity."""
     _check_granularity(granularity)
+    _args.integer("axis", axis)
+    if group_size is not None:
+        _args.positive_int("group_size", group_size)
     if granularity == "per_channel":
         return {"axis": axis}
     if granularity == "per_group":

@@ -7,10 +7,14 @@ builds a valid value; ``OVERRIDES`` does the same for one callable (by qualname,
 
 from __future__ import annotations
 
+import copy
+import tempfile
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from support.api_walker import EXAMPLES, OVERRIDES, SKIP, _import
+from support.api_walker import EXAMPLES, OVERRIDES, SETUP, SKIP, _import
 
 
 def _slots(c):
@@ -40,7 +44,56 @@ def _conv_model(c):
                          nn.Linear(4 * 2 * 2, 3)).eval()
 
 
+def _quantized(c):
+    q = _import("labkit.quantize.quantize_")
+    return q(copy.deepcopy(c.model), _import("labkit.quantize.WeightOnlyConfig")())
+
+
+def _prepared(c):
+    q = _import("labkit.quantize.prepare_")
+    return q(copy.deepcopy(c.model), _import("labkit.quantize.StaticActivationConfig")())
+
+
+_ONNX: dict[str, str] = {}
+
+
+def _onnx_file(c):
+    """One small exported model for the whole walk (exporting takes seconds)."""
+    if "path" not in _ONNX:
+        folder = Path(tempfile.mkdtemp(prefix="labkit-walker-"))
+        model = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        _ONNX["path"] = str(_import("labkit.export.export")(model, (c.x,), folder / "m.onnx"))
+    return _ONNX["path"]
+
+
+def _run(c):
+    return _import("labkit.classroom.grading.NotebookRun")(Path("a.ipynb"), 1.0, 1, 1, [], [])
+
+
 EXAMPLES.update({
+    # records and their fields
+    "cores": lambda c: 2, "ghz": lambda c: 3.0, "flops_per_cycle": lambda c: 32, "gflops": lambda c: 100.0,
+    "assumptions": lambda c: ("two cores",), "label": lambda c: "a", "median": lambda c: 1.0, "iqr": lambda c: 0.1,
+    "mean": lambda c: 1.0, "runs": lambda c: 3, "threads": lambda c: 1, "intensity": lambda c: 1.0,
+    "peak_gflops": lambda c: 100.0, "bandwidth_gbs": lambda c: 10.0, "targets": lambda c: c.y,
+    "cells": lambda c: 1, "cells_run": lambda c: 1, "errors": lambda c: [], "verdicts": lambda c: [],
+    "compile_seconds": lambda c: 1.0, "eager": lambda c: 1.0, "compiled": lambda c: 0.5,
+    "model_or_path": lambda c: c.model, "model_or_state": lambda c: c.model, "quantized": _quantized,
+    "float_path": _onnx_file, "out_path": lambda c: str(c.tmp / "out.onnx"), "run": _run,
+    "kind": lambda c: "cpu", "device": lambda c: "cpu", "memory_gb": lambda c: 1.0, "fast_bf16": lambda c: False,
+    "fast_fp16": lambda c: False, "int8_kernels": lambda c: False, "num_classes": lambda c: 3,
+    "input_shape": lambda c: (1, 2, 2), "train": lambda c: c.loader.dataset, "val": lambda c: c.loader.dataset,
+    "test": lambda c: c.loader.dataset, "student_layer": lambda c: "1", "teacher_layer": lambda c: "1",
+    "student_shape": lambda c: (8,), "teacher_shape": lambda c: (8,), "cwd": lambda c: str(c.tmp),
+    "timings": lambda c: {"gloo 1.0": {"median": 1e-3, "iqr": 1e-4}}, "ops": lambda c: [("F", 0), ("B", 0)],
+    "overall": lambda c: 0.5, "zeros": lambda c: 1, "masks": lambda c: {"1": torch.ones(8, 4, dtype=torch.bool)},
+    "sparse_state": lambda c: {}, "layer": lambda c: "1", "norms": lambda c: (), "consumers": lambda c: (),
+    "feeds_output": lambda c: False, "plan": lambda c: {}, "groups": lambda c: [], "p": lambda c: torch.tensor(1.0),
+    "x_shape": lambda c: torch.Size([4]), "granularity": lambda c: "per_tensor", "axis": lambda c: 0,
+    "group_size": lambda c: None, "size_bytes": lambda c: 100, "log": lambda c: str(c.tmp / "log.jsonl"),
+    "status": lambda c: "pass", "message": lambda c: "ok",
+    "expected": lambda c: ["00.1 demo"], "argv": lambda c: ["lint", _notebook_file(c)],
+
     # models, data, training
     "model": lambda c: c.model, "module": lambda c: c.model, "student": lambda c: c.model,
     "teacher": lambda c: c.model, "stage": lambda c: c.model,
@@ -77,7 +130,7 @@ EXAMPLES.update({
     "full": lambda c: 10, "fast": lambda c: 2, "copies": lambda c: 2, "images": lambda c: _t(4, 1, 4, 4),
     "n_labelled": lambda c: 2, "event": lambda c: "step 1", "port": lambda c: 29500, "text": lambda c: "{}",
     "variable": lambda c: "LABKIT_FAST", "history": lambda c: _import("labkit.train.History")(),
-    "memory": lambda c: {"params": 100, "grads": 100, "optimizer": 200, "activations": 50},
+    "memory": lambda c: {"parameters": 100, "gradients": 100, "optimizer_state": 200, "activations": 50},
     "fractions": lambda c: (0.5, 0.5), "y_path": lambda c: str(c.tmp / "y.npy"), "x_path": lambda c: str(c.tmp / "x.npy"),
     "transform": lambda c: (lambda t: t), "sizes_mb": lambda c: (1.0,), "segments": lambda c: 2,
     "in_features": lambda c: 4, "out_features": lambda c: 4, "dim": lambda c: 0, "width": lambda c: 8,
@@ -88,6 +141,28 @@ EXAMPLES.update({
 OVERRIDES.update({
     "fold_batchnorm": {"model": _conv_model},
     "QuantizedConv2d": {"layer": lambda c: nn.Conv2d(1, 2, 3)},
+    "distill": {"teacher": lambda c: nn.Sequential(nn.Flatten(), nn.Linear(4, 3))},
+    "calibrate": {"model": _prepared},
+    "prepare_": {"config": lambda c: _import("labkit.quantize.StaticActivationConfig")()},
+    "round_scaled": {"scale": lambda c: torch.tensor(0.1), "zero_point": lambda c: torch.tensor(0)},
+    "run_onnx": {"model": _onnx_file}, "OnnxModule": {"path": _onnx_file}, "onnx_session": {"path": _onnx_file},
+    "quantize_onnx": {"path": _onnx_file}, "strip_onnx_metadata": {"path": _onnx_file},
+    "load_int8_weight_onnx": {"path": _onnx_file},
+    "measure_steps": {"steps": lambda c: [_import("labkit.compress.Step")("a", c.model)]},
+    "step_gains": {"rows": lambda c: [{"step": s, "size_kb": 1.0, "latency_ms": 1.0, "mflops": 1.0} for s in "ab"]},
+    "pareto_front": {"rows": lambda c: [{"step": "a", "size_kb": 1.0, "accuracy": 0.9}], "x": lambda c: "size_kb"},
+    "GradeReport": {"runs": lambda c: [_run(c)]}, "course_table": {"runs": lambda c: [_run(c)]},
+    "SparsityReport": {"rows": lambda c: (), "params": lambda c: 2},
+    "Splits": {"name": lambda c: "digits"},
+    "load_torchvision": {"name": lambda c: "mnist", "root": lambda c: str(c.tmp)},
+    "dataset_to_tensors": {"data": lambda c: torch.zeros(2, 2, 2, dtype=torch.uint8), "targets": lambda c: torch.tensor([0, 1])},
+    "measure_runtimes": {"runtimes": lambda c: {"fp32": _import("labkit.quantize.runtimes.Runtime")("fp32", c.model, 100)}},
+    "Runtime": {"name": lambda c: "fp32"},
+    "DeviceInfo": {"name": lambda c: "a cpu"},
+    "FeatureHint": {"student": lambda c: c.model, "teacher": lambda c: nn.Sequential(nn.Flatten(), nn.Linear(4, 8))},
+    "run_stage": {"batch": lambda c: 4},
+    "is_checked": {"cell": lambda c: _notebook(c).cells[1]},
+    "expand_param": {"p": lambda c: torch.tensor(1.0)},
     "QuantizedLinear": {"layer": lambda c: nn.Linear(4, 2)},
     "FakeQuantized": {"layer": lambda c: nn.Linear(4, 2), "act": lambda c: None},
     "quantized_from": {"layer": lambda c: nn.Linear(4, 2)},
@@ -156,8 +231,19 @@ OVERRIDES.update({
     "lessons": {"notebooks_dir": lambda c: str(c.tmp)},
 })
 
+def _setup(c):
+    import torch._dynamo  # noqa: F401 - imported whole before the walk refuses subprocesses
+    import torch._inductor.config  # noqa: F401
+
+    _onnx_file(c)
+
+
+SETUP.append(_setup)
+
 SKIP.update({
+    "labkit.parallel.data_parallel.logging_comm_hook": "a DDP comm hook: torch calls it with a GradBucket "
+                                                       "that only exists inside DDP's backward",
+    "labkit.parallel.strategies.counting_allreduce_hook": "a DDP comm hook (as above)",
     "labkit.train.pick": "returns `full` or `fast` unchanged: every value is valid by design",
     "labkit.parallel.launch.WorkerError": "an exception the launcher raises, not built by users",
-    "labkit.checks.CheckResult": "a record that check() returns, not built by users",
 })

@@ -88,6 +88,9 @@ EXAMPLES: dict[str, Callable[[Ctx], object]] = {}
 OVERRIDES: dict[str, dict[str, Callable[[Ctx], object]]] = {}
 # Callables the walker does not call, each with the reason.
 SKIP: dict[str, str] = {}
+# Run once before the walk, outside its guards (slow examples to cache, heavy imports that may
+# start a subprocess: an import refused half-way would leave a broken module behind).
+SETUP: list[Callable[[Ctx], None]] = []
 
 
 @dataclass
@@ -151,6 +154,10 @@ def required_parameters(obj) -> list[inspect.Parameter]:
             if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
+def _accepts_none(p: inspect.Parameter) -> bool:
+    return "None" in str(p.annotation) and "-> None" not in str(p.annotation)
+
+
 def _example(key: str, obj, name: str):
     for k in (key, obj.__qualname__):
         if name in OVERRIDES.get(k, {}):
@@ -207,30 +214,43 @@ def _judge(key, name, bad, obj, kwargs, seconds) -> Outcome:
 def walk(seconds: float = 5.0, only: Callable[[str], bool] | None = None) -> Walk:
     """Feed every public callable bad inputs; returns the outcomes (see the module docstring)."""
     result = Walk()
-    with tempfile.TemporaryDirectory() as folder, _guards(seconds):
-        for key, obj in public_callables().items():
-            if only is not None and not only(key):
-                continue
-            if key in SKIP:
-                result.skipped[key] = SKIP[key]
-                continue
-            params = required_parameters(obj)
-            if not params:
-                continue
-            missing = [p.name for p in params if _example(key, obj, p.name) is None]
-            if missing:
-                result.no_example[key] = ", ".join(missing)
-                continue
-            result.callables.append(key)
-            for p in params:
-                for bad, make in BAD_VALUES.items():
-                    ctx = Ctx(Path(tempfile.mkdtemp(dir=folder)))
-                    try:
-                        kwargs = {q.name: _example(key, obj, q.name)(ctx) for q in params if q.name != p.name}
-                    except Exception as err:  # noqa: BLE001
-                        raise RuntimeError(f"the walker's example for {key} is broken: {err!r}") from err
-                    kwargs[p.name] = make()
-                    if p.kind is p.POSITIONAL_ONLY:
-                        raise RuntimeError(f"{key}: positional-only parameters are not supported")
-                    result.outcomes.append(_judge(key, p.name, bad, obj, kwargs, seconds))
+    with tempfile.TemporaryDirectory() as folder:
+        for hook in SETUP:
+            hook(Ctx(Path(folder)))
+        with _guards(seconds):
+            _walk_all(result, Path(folder), seconds, only)
     return result
+
+
+def _walk_one(result: Walk, key: str, obj, folder: Path, seconds: float) -> None:
+    params = required_parameters(obj)
+    if not params:
+        return
+    missing = [p.name for p in params if _example(key, obj, p.name) is None]
+    if missing:
+        result.no_example[key] = ", ".join(missing)
+        return
+    result.callables.append(key)
+    for p in params:
+        if p.kind is p.POSITIONAL_ONLY:
+            raise RuntimeError(f"{key}: positional-only parameters are not supported")
+        for bad, make in BAD_VALUES.items():
+            if bad == "None" and _accepts_none(p):
+                continue  # None is a valid value here (``x: T | None``)
+            ctx = Ctx(Path(tempfile.mkdtemp(dir=folder)))
+            try:
+                kwargs = {q.name: _example(key, obj, q.name)(ctx) for q in params if q.name != p.name}
+            except Exception as err:  # noqa: BLE001
+                raise RuntimeError(f"the walker's example for {key} is broken: {err!r}") from err
+            kwargs[p.name] = make()
+            result.outcomes.append(_judge(key, p.name, bad, obj, kwargs, seconds))
+
+
+def _walk_all(result: Walk, folder: Path, seconds: float, only) -> None:
+    for key, obj in public_callables().items():
+        if only is not None and not only(key):
+            continue
+        if key in SKIP:
+            result.skipped[key] = SKIP[key]
+            continue
+        _walk_one(result, key, obj, folder, seconds)
