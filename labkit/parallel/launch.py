@@ -135,6 +135,10 @@ def _import_worker(module: str, qualname: str) -> Callable:
                         "in a package on PYTHONPATH (sys.path changes in the caller do not reach them)") from err
 
 
+class _Told(Exception):
+    """A rank's failure whose one-line message is the whole story (no traceback needed)."""
+
+
 def _entry(rank, world_size, spec, payload, backend, host, port, threads, timeout, results, events):
     """Body of each spawned process: load the worker, join the group, run, report back, leave."""
     os.environ.update(MASTER_ADDR=host, MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
@@ -143,8 +147,11 @@ def _entry(rank, world_size, spec, payload, backend, host, port, threads, timeou
     code = 1
     try:
         mark("importing the worker")
-        worker = _import_worker(*spec)
-        args, kwargs = pickle.loads(payload)
+        try:
+            worker = _import_worker(*spec)
+            args, kwargs = pickle.loads(payload)
+        except ImportError as err:  # the message says it all; the import machinery's frames don't
+            raise _Told(f"{type(err).__name__}: {err}") from None
         if backend == "nccl":
             torch.cuda.set_device(rank % torch.cuda.device_count())
         mark("joining the process group")
@@ -156,6 +163,8 @@ def _entry(rank, world_size, spec, payload, backend, host, port, threads, timeou
         torch.save(value, buf)  # bytes, not shared-memory tensors: safe after this process exits
         results.put(("ok", rank, buf.getvalue()))
         code = 0
+    except _Told as err:
+        results.put(("error", rank, str(err)))
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))
     finally:
@@ -187,6 +196,7 @@ def _first_line(text: str) -> str:
     name, _, message = exc.partition(": ")
     if message.startswith("[") and "] " in message:  # "[../gloo/transport/tcp/pair.cc:534] Connection closed..."
         message = message.split("] ", 1)[1]
+    message = message.split(". This is typically caused", 1)[0]  # gloo's advice to read the peer's logs
     return f"{name}: {message}" if message else name
 
 
