@@ -149,6 +149,19 @@ def mapping(name: str, value, *, non_empty: bool = False, what: str | None = Non
     return value
 
 
+def parameters(name: str, value) -> list:
+    """What an optimizer takes: an iterable (``model.parameters()``) of tensors or param-group
+    dicts, as a non-empty list (a generator is consumed: use the list returned)."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be an iterable of tensors (model.parameters()), got one tensor")
+    items = list(iterable(name, value, "an iterable of tensors (model.parameters())"))
+    if not items:
+        raise ValueError(f"{name} must not be empty (a model without parameters?)")
+    for i, p in enumerate(items):
+        instance(f"{name}[{i}]", p, (torch.Tensor, dict), "a tensor or a param-group dict")
+    return items
+
+
 def rows(name: str, value, *, keys: Collection[str] = (), non_empty: bool = True) -> list:
     """A list of dicts (table rows), each holding ``keys``."""
     items = sequence(name, value, non_empty=non_empty, what="a list of dicts (rows)")

@@ -163,3 +163,25 @@ def test_fields_checks_a_dataclass_against_its_annotations():
                          ({"note": 3}, "note"), ({"tags": ["a"]}, "tags")]:
         with pytest.raises(TypeError, match=word):
             Row(**{"name": "a", "count": 1, "share": 0.5, **kwargs})
+
+
+def test_parameters_and_tensors():
+    lin = nn.Linear(2, 2)
+    assert len(_args.parameters("params", lin.parameters())) == 2
+    with pytest.raises(ValueError, match="params must not be empty"):
+        _args.parameters("params", nn.ReLU().parameters())
+    with pytest.raises(TypeError, match="params must be an iterable of tensors"):
+        _args.parameters("params", None)
+    with pytest.raises(TypeError, match="got one tensor"):
+        _args.parameters("params", lin.weight)
+    with pytest.raises(TypeError, match=r"params\[0\]"):
+        _args.parameters("params", [3])
+    x = torch.ones(2)
+    assert _args.tensors("inputs", x) == (x,) and _args.tensors("inputs", [x, x]) == (x, x)
+    with pytest.raises(TypeError, match="inputs must be a tensor or a tuple of tensors"):
+        _args.tensors("inputs", None)
+    with pytest.raises(ValueError, match="inputs must not be empty"):
+        _args.tensors("inputs", ())
+    assert _args.number_or_tensor("scale", 2).item() == 2
+    with pytest.raises(TypeError, match="scale must be a number or a tensor"):
+        _args.number_or_tensor("scale", "2")
