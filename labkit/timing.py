@@ -23,7 +23,7 @@ import torch
 from torch.utils import benchmark
 
 from labkit._args import positive_float, positive_int
-from labkit.devices import _validate, synchronize
+from labkit.devices import check_device, synchronize
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def time_fn(
     positive_float("min_run_time", min_run_time)
     if not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    dev = _validate(device) if device is not None else torch.device("cpu")
+    dev = check_device(device) if device is not None else torch.device("cpu")
     threads = torch.get_num_threads() if threads is None else threads
     positive_int("threads", threads)
 

@@ -34,9 +34,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from labkit import _args
-from labkit.timing import Timing, time_fn
 from labkit.lm.generate import KVCache, decode_step, kv_cache_bytes, prefill
 from labkit.lm.model import GPT
+from labkit.timing import Timing, time_fn
 
 
 def _check_gpt(model) -> GPT:
