@@ -74,3 +74,74 @@ def test_soft_threshold_refuses_nan_instead_of_wiping_the_weights(threshold, exc
     with pytest.raises(exc, match="threshold"):
         soft_threshold_(model, threshold)
     assert torch.equal(model[0].weight, before)  # untouched, not NaN
+
+
+# --- training, distillation --------------------------------------------------------------------
+
+
+def _tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    return model, [(x, y)]
+
+
+def test_fit_refuses_an_optimizer_over_another_models_parameters():
+    from labkit.train import fit, train_epoch
+
+    model, loader = _tiny()
+    other = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    before = model[1].weight.detach().clone()
+    for call in (lambda: fit(model, loader, optimizer=opt, progress=False),
+                 lambda: train_epoch(model, loader, opt, progress=False)):
+        with pytest.raises(ValueError, match="optimizer does not hold this model's parameters"):
+            call()
+    assert torch.equal(model[1].weight, before)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        train_epoch(model, loader, "sgd", progress=False)
+
+
+@pytest.mark.parametrize("lr", NAN_INF + [0.0, -1e-3])
+def test_learning_rates_must_be_finite_and_positive(lr):
+    from labkit.distill import distill
+    from labkit.train import fit, make_train_step
+
+    model, loader = _tiny()
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = loader[0]
+    for call in (lambda: fit(model, loader, lr=lr, progress=False),
+                 lambda: distill(model, teacher, loader, lr=lr, progress=False),
+                 lambda: make_train_step(model, x, y, lr=lr)):
+        with pytest.raises(ValueError, match="lr must be a"):
+            call()
+    with pytest.raises(ValueError, match="optimizer's lr"):
+        fit(model, loader, optimizer=_sgd_with_lr(model, lr), progress=False)
+
+
+def _sgd_with_lr(model, lr):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.param_groups[0]["lr"] = lr  # torch checks lr only at construction (and lets nan through)
+    return opt
+
+
+@pytest.mark.parametrize("labels, exc, word", [
+    (torch.tensor([0.0, 1.0, 2.0, 0.5]), TypeError, "labels must be an integer tensor"),
+    (None, TypeError, "labels must be a torch.Tensor"),
+    (torch.tensor([0, 1, 2, 7]), ValueError, r"labels must be in \[0, 3\)"),
+    (torch.tensor([0, 1, 2]), ValueError, r"labels must have shape \(4,\)"),
+])
+def test_hard_label_loss_checks_its_labels(labels, exc, word):
+    from labkit.distill import hard_label_loss
+
+    with pytest.raises(exc, match=word):
+        hard_label_loss(torch.randn(4, 3), labels)
+
+
+def test_pseudo_labels_refuses_a_label_past_the_classes():
+    from labkit.distill.transfer_set import pseudo_labels
+
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        pseudo_labels(logits, labels=torch.tensor([0, 99, -100, 1]))
+    assert pseudo_labels(logits, labels=torch.tensor([2, -100, -100, 1]))[0] == 2
