@@ -145,3 +145,14 @@ def test_pseudo_labels_refuses_a_label_past_the_classes():
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         pseudo_labels(logits, labels=torch.tensor([0, 99, -100, 1]))
     assert pseudo_labels(logits, labels=torch.tensor([2, -100, -100, 1]))[0] == 2
+
+
+@pytest.mark.parametrize("lr", NAN_INF)
+def test_reference_runs_refuse_a_non_finite_lr(lr):
+    from labkit.parallel.data_parallel import train_single_process
+    from labkit.parallel.problem import reference_run
+
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        train_single_process(lr=lr)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        reference_run(lr=lr)

@@ -29,6 +29,7 @@ from labkit import _args
 from labkit.data import load_arrays
 from labkit.metrics import tensor_bytes
 from labkit.parallel.data_parallel import build_model, global_batch, shard_batch
+from labkit.parallel.problem import check_training
 
 PARTS = ("parameters", "gradients", "optimizer_state", "activations")
 STAGES = {  # stage -> the parts it shards
@@ -89,10 +90,7 @@ def fsdp_train(*, steps: int = 5, batch_size: int = 64, lr: float = 0.5, seed: i
     :func:`labkit.parallel.data_parallel.train_single_process`'s), ``losses``, and the bytes this
     rank holds after one Adam step: ``local`` (its shards) and ``full`` (a whole replica).
     """
-    _args.positive_int("steps", steps)
-    _args.positive_int("batch_size", batch_size)
-    _args.positive_float("lr", lr)
-    _args.non_negative_int("seed", seed)
+    check_training(steps=steps, lr=lr, seed=seed, batch_size=batch_size)
     rank, p = dist.get_rank(), dist.get_world_size()
     data = data if data is not None else load_arrays("digits")
     model = shard_model(build_model(seed=seed, hidden=hidden))
