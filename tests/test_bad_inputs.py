@@ -156,3 +156,24 @@ def test_reference_runs_refuse_a_non_finite_lr(lr):
         train_single_process(lr=lr)
     with pytest.raises(ValueError, match="lr must be a finite number"):
         reference_run(lr=lr)
+
+
+def test_compare_compiled_refuses_zero_rounds_before_compiling():
+    from labkit.efficiency.compiling import compare_compiled
+
+    calls = []
+    for rounds, exc in ((0, ValueError), (1.5, TypeError)):
+        with pytest.raises(exc, match="rounds"):
+            compare_compiled(lambda: None, lambda: calls.append(1), rounds=rounds)
+    assert calls == []  # nothing ran (no ZeroDivisionError after compiling)
+
+
+@pytest.mark.parametrize("value", NAN_INF)
+def test_timing_never_hangs_on_a_non_finite_run_time(value):
+    from labkit.metrics import latency
+    from labkit.timing import time_fn
+
+    with pytest.raises(ValueError, match="min_run_time must be a finite number"):
+        time_fn(lambda: None, min_run_time=value)
+    with pytest.raises(ValueError, match="min_run_time must be a finite number"):
+        latency(nn.Linear(2, 2), torch.ones(1, 2), min_run_time=value)
