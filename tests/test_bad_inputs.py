@@ -177,3 +177,14 @@ def test_timing_never_hangs_on_a_non_finite_run_time(value):
         time_fn(lambda: None, min_run_time=value)
     with pytest.raises(ValueError, match="min_run_time must be a finite number"):
         latency(nn.Linear(2, 2), torch.ones(1, 2), min_run_time=value)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", ""])
+def test_write_memmap_stays_in_its_folder(tmp_path, name):
+    from labkit.efficiency.loading import write_memmap
+
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    with pytest.raises(ValueError, match="name must be a plain file name"):
+        write_memmap(torch.zeros(2, 3), torch.zeros(2), inner, name=name)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["inner"]
