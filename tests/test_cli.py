@@ -66,14 +66,15 @@ def test_unknown_commands_and_arguments(capsys, argv, words):
 @pytest.mark.parametrize("action", ["strip", "lint"])
 @pytest.mark.parametrize("name, text, word", [
     ("missing.ipynb", None, "not a notebook file"),
-    ("corrupt.ipynb", "{not json", "JSON"),
+    ("corrupt.ipynb", "{not json", "is not a readable notebook"),
+    ("other.ipynb", '{"a": 1}', "is not a readable notebook"),
     ("notes.txt", "hello", "not a notebook file"),
 ])
 def test_nb_tools_on_bad_files(tmp_path, capsys, action, name, text, word):
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
-    _one_line_error(capsys, cli.main(["nb", action, str(path)]), word, "labkit nb")
+    _one_line_error(capsys, cli.main(["nb", action, str(path)]), word, "labkit nb", name)
     if text is not None:
         assert path.read_text() == text  # left as it was
 

@@ -32,7 +32,7 @@ from labkit.classroom.student import (
     BEGIN_HIDDEN,
     BEGIN_SOLUTION,
     END_HIDDEN,
-    _check_notebook,
+    check_notebook,
     exercise_names,
     read_notebook,
 )
@@ -132,7 +132,7 @@ def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float =
     if env is not None:
         _args.mapping("env", env)
     nb = read_notebook(path) if nb is None else nb
-    _check_notebook("nb", nb)
+    check_notebook("nb", nb)
     names = list(expected) if expected is not None else exercise_names(nb)
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
         log = Path(tmp) / "checks.jsonl"
@@ -185,8 +185,8 @@ def restore_checks(submitted, source):
     a check is graded on the instructor's version; the hidden tests of a source cell that also
     holds a solution run in a new cell right after the learner's version of it.
     """
-    _check_notebook("submitted", submitted)
-    _check_notebook("source", source)
+    check_notebook("submitted", submitted)
+    check_notebook("source", source)
     out = copy.deepcopy(submitted)
     by_id = {c.get("id"): c for c in source.cells if c.get("id") and c.cell_type == "code"}
     cells = []

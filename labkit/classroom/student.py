@@ -51,14 +51,15 @@ def read_notebook(path: str | os.PathLike, *, name: str = "path") -> nbformat.No
         raise ValueError(f"{name}: {str(p)!r} is not a readable notebook ({why})") from None
 
 
-def _check_notebook(name: str, nb) -> None:
+def check_notebook(name: str, nb) -> None:
+    """TypeError unless ``nb`` is an nbformat notebook (``name`` says which argument)."""
     if not isinstance(nb, nbformat.NotebookNode) or not hasattr(nb, "cells"):
         raise TypeError(f"{name} must be a notebook (nbformat.NotebookNode), got {type(nb).__name__}")
 
 
 def exercise_names(nb) -> list[str]:
     """The exercise names of every ``check("NN.k name", ...)`` call in ``nb``'s code cells, in order."""
-    _check_notebook("nb", nb)
+    check_notebook("nb", nb)
     names: list[str] = []
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -121,7 +122,7 @@ def student_cell_source(source: str, *, cell_type: str = "code", where: str = "c
 
 def make_student(nb, *, name: str = "notebook"):
     """Return the student version of ``nb`` (a copy): stubs for solutions, no hidden tests, no outputs."""
-    _check_notebook("nb", nb)
+    check_notebook("nb", nb)
     _args.text("name", name)
     out = copy.deepcopy(nb)
     for i, cell in enumerate(out.cells):
