@@ -22,6 +22,7 @@ from statistics import median
 import torch
 from torch.utils import benchmark
 
+from labkit import _args
 from labkit._args import positive_float, positive_int
 from labkit.devices import check_device, synchronize
 
@@ -37,6 +38,9 @@ class Timing:
     runs: int  # measured blocks
     threads: int
     times: tuple[float, ...] = field(repr=False, default=())
+
+    def __post_init__(self):
+        _args.fields(self)
 
     @property
     def spread(self) -> float:

@@ -53,6 +53,7 @@ def read_notebook(path: str | os.PathLike, *, name: str = "path") -> nbformat.No
 
 def check_notebook(name: str, nb) -> None:
     """TypeError unless ``nb`` is an nbformat notebook (``name`` says which argument)."""
+    _args.text("name", name)
     if not isinstance(nb, nbformat.NotebookNode) or not hasattr(nb, "cells"):
         raise TypeError(f"{name} must be a notebook (nbformat.NotebookNode), got {type(nb).__name__}")
 
