@@ -16,6 +16,13 @@ import argparse
 import sys
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit code 2, not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _doctor(args) -> int:
     from labkit.doctor import doctor_report, missing_required
 
@@ -47,11 +54,16 @@ def _bench(args) -> int:
 def _nb(args) -> int:
     from labkit.classroom.nbtools import main as nb_main
 
-    return nb_main([args.action, *args.notebooks])
+    try:
+        return nb_main([args.action, *args.notebooks])
+    except (ValueError, OSError) as err:
+        return _user_error("nb", err)
 
 
 def _user_error(command: str, err: Exception) -> int:
-    print(f"labkit {command}: error: {err}", file=sys.stderr)
+    """A user's mistake: one line on stderr, exit code 2, no traceback."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"labkit {command}: error: {first}", file=sys.stderr)
     return 2
 
 
@@ -104,7 +116,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labkit", description="labkit: make deep learning fast and small")
+    parser = OneLineParser(prog="labkit", description="labkit: make deep learning fast and small")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help=COMMANDS["doctor"][1])
     b = sub.add_parser("bench", help=COMMANDS["bench"][1])

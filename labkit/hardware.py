@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from labkit import _args
 from labkit._args import positive_float, positive_int
 from labkit.devices import (
     available_devices,
@@ -102,6 +103,9 @@ class PeakEstimate:
     flops_per_cycle: int
     gflops: float
     assumptions: tuple[str, ...]
+
+    def __post_init__(self):
+        _args.fields(self)
 
     def __str__(self) -> str:
         lines = [f"peak ~ {self.cores} cores x {self.ghz:.2f} GHz x {self.flops_per_cycle} FLOP/cycle = {self.gflops:.0f} GFLOP/s"]

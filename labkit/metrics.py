@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from labkit import _args
 from labkit.models import count_parameters
 from labkit.timing import Timing, compare, time_fn
 
@@ -23,8 +24,7 @@ __all__ = ["count_parameters", "count_flops", "size_on_disk", "flops", "latency"
 
 
 def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
 
 
 def size_on_disk(model_or_state, *, path: str | os.PathLike | None = None) -> int:
@@ -42,7 +42,7 @@ def size_on_disk(model_or_state, *, path: str | os.PathLike | None = None) -> in
 def _state(model_or_state) -> dict:
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     if not isinstance(state, dict):
-        raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_state).__name__}")
+        raise TypeError(f"model_or_state must be an nn.Module or a state dict, got {type(model_or_state).__name__}")
     return state
 
 
@@ -82,7 +82,7 @@ def latency(model: nn.Module, inputs: tuple | torch.Tensor, *, device=None, thre
 def inference_call(model: nn.Module, inputs, device) -> tuple:
     """``(run, device)``: ``run()`` calls ``model(*inputs)`` in eval mode under inference_mode."""
     _check_model(model)
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = _args.tensors("inputs", inputs)
     dev = torch.device(device) if device is not None else inputs[0].device
     model.eval()
 
@@ -96,7 +96,11 @@ def inference_call(model: nn.Module, inputs, device) -> tuple:
 def model_report(name: str, model: nn.Module, inputs: tuple | torch.Tensor, *, accuracy: float | None = None,
                  device=None, threads: int | None = None, min_run_time: float = 0.3, count_ops: bool = True) -> dict:
     """One comparable row: parameters, size on disk (MB), FLOPs, latency (ms) and accuracy."""
+    _args.text("name", name)
     _check_model(model)
+    _args.tensors("inputs", inputs)
+    if accuracy is not None:
+        _args.fraction("accuracy", accuracy)
     row = {"model": name, "params": count_parameters(model), "size_mb": size_on_disk(model) / 1e6}
     if count_ops:
         try:
@@ -121,10 +125,9 @@ def compare_latency(models: Mapping[str, nn.Module], inputs: tuple | torch.Tenso
     background load slows the models of one round alike, so the ratio survives a noisy machine
     better than two separate timings. Used by the compression lessons (``05_pruning`` onwards).
     """
-    if not isinstance(models, Mapping) or not models:
-        raise ValueError("models must be a non-empty dict {name: model}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    _args.mapping("models", models, non_empty=True, what="a dict {name: model}")
+    _args.tensors("inputs", inputs)
+    _args.positive_int("rounds", rounds)
     calls = {name: inference_call(model, inputs, device) for name, model in models.items()}
     times = compare({name: run for name, (run, _) in calls.items()}, rounds=rounds,
                     device={name: dev for name, (_, dev) in calls.items()}, threads=threads,
@@ -141,9 +144,9 @@ def temp_path(suffix: str) -> Path:
 
 def count_flops(model: torch.nn.Module, inputs: tuple | torch.Tensor, *, backward: bool = False) -> int:
     """FLOPs of one forward (and backward, if asked) pass, counted by ``torch.utils.flop_counter``."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    _check_model(model)
+    inputs = _args.tensors("inputs", inputs)
+    _args.boolean("backward", backward)
     counter = FlopCounterMode(display=False)
     with counter:
         out = model(*inputs)

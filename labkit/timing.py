@@ -22,8 +22,9 @@ from statistics import median
 import torch
 from torch.utils import benchmark
 
+from labkit import _args
 from labkit._args import positive_float, positive_int
-from labkit.devices import _validate, synchronize
+from labkit.devices import check_device, synchronize
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Timing:
     runs: int  # measured blocks
     threads: int
     times: tuple[float, ...] = field(repr=False, default=())
+
+    def __post_init__(self):
+        _args.fields(self)
 
     @property
     def spread(self) -> float:
@@ -67,7 +71,7 @@ def time_fn(
     positive_float("min_run_time", min_run_time)
     if not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    dev = _validate(device) if device is not None else torch.device("cpu")
+    dev = check_device(device) if device is not None else torch.device("cpu")
     threads = torch.get_num_threads() if threads is None else threads
     positive_int("threads", threads)
 

@@ -10,7 +10,6 @@ shrink epochs with one switch (``pick(full, fast)``). Used by every lesson that 
 from __future__ import annotations
 
 import copy
-import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from labkit._args import positive_float
+from labkit import _args
 from labkit.devices import get_device
 
 
@@ -31,10 +30,7 @@ def seed_everything(seed: int) -> torch.Generator:
     global ones as well makes layer initialisation (which uses torch's default generator)
     repeatable.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    seed = _args.non_negative_int("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -42,8 +38,9 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def fast_mode() -> bool:
-    """True when ``LABKIT_FAST`` is set to a true value (CI runs notebooks this way)."""
-    return os.environ.get("LABKIT_FAST", "").strip().lower() in ("1", "true", "yes", "on")
+    """True when ``LABKIT_FAST`` is set to a true value (CI runs notebooks this way): ``1/true/yes/on``
+    (any case); ``0/false/no/off`` or unset is off, anything else a ValueError (see ``_args.env_flag``)."""
+    return _args.env_flag("LABKIT_FAST")
 
 
 def pick(full, fast):
@@ -72,10 +69,22 @@ class History:
         return max((len(v) for v in self.metrics.values()), default=0)
 
 
-def _batches(loader: Iterable) -> Iterable:
-    if not hasattr(loader, "__iter__"):
-        raise TypeError(f"loader must be iterable (a DataLoader), got {type(loader).__name__}")
-    return loader
+def _batches(loader: Iterable, name: str = "loader") -> Iterable:
+    return _args.iterable(name, loader, "an iterable of (x, y) batches (a DataLoader)")
+
+
+def _check_optimizer(optimizer, model: nn.Module) -> None:
+    """``optimizer`` must be a torch optimizer over ``model``'s own parameters (an optimizer built
+    on another model would step that model's weights while this one never changes)."""
+    _args.instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    own = {id(p) for p in model.parameters()}
+    theirs = [p for g in optimizer.param_groups for p in g["params"]]
+    if not theirs or not any(id(p) in own for p in theirs):
+        raise ValueError("optimizer does not hold this model's parameters (was it built on another model, "
+                         "or on a copy?): build it from model.parameters()")
+    for g in optimizer.param_groups:
+        if "lr" in g and not isinstance(g["lr"], torch.Tensor):
+            _args.positive_float("optimizer's lr", g["lr"])
 
 
 def _per_token(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +108,10 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, device=None, loss_fn: Callable | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` over ``loader`` (model put in eval mode)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
+    _batches(loader)
+    if loss_fn is not None:
+        _args.function("loss_fn", loss_fn)
     dev = get_device(device) if device is not None else _model_device(model)
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.eval()
@@ -126,6 +137,13 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
                 after_step: Callable[[nn.Module], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``; ``after_step(model)`` runs after each optimizer step
     (pruning uses it to re-apply masks). Returns mean loss and accuracy on the training data."""
+    _args.module("model", model)
+    _batches(loader)
+    _check_optimizer(optimizer, model)
+    if loss_fn is not None:
+        _args.function("loss_fn", loss_fn)
+    if after_step is not None:
+        _args.function("after_step", after_step)
     dev = get_device(device) if device is not None else next(model.parameters()).device
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.train()
@@ -155,12 +173,18 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, val_loader
     Returns a :class:`History` with ``train_loss``, ``train_acc`` and, given ``val_loader``,
     ``val_loss`` and ``val_acc`` per epoch. The model is moved to ``device`` first.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    _args.module("model", model)
+    _batches(train_loader, "train_loader")
+    _args.positive_int("epochs", epochs)
+    _args.positive_float("lr", lr)
+    if val_loader is not None:
+        _batches(val_loader, "val_loader")
+    if optimizer is not None:
+        _check_optimizer(optimizer, model)
+    for name, fn in (("loss_fn", loss_fn), ("after_step", after_step)):
+        if fn is not None:
+            _args.function(name, fn)
+    _args.boolean("progress", progress)
     dev = get_device(device)
     model.to(dev)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
@@ -211,7 +235,7 @@ def make_train_step(model: torch.nn.Module, inputs, targets: torch.Tensor, *, lo
                         f"targets must be a tensor, got {type(targets).__name__}")
     if len(targets) != len(inputs[0]):
         raise ValueError(f"targets has {len(targets)} labels but the batch has {len(inputs[0])} inputs")
-    positive_float("lr", lr)
+    _args.positive_float("lr", lr)
     if autocast_dtype is not None and (not isinstance(autocast_dtype, torch.dtype) or not autocast_dtype.is_floating_point):
         raise TypeError(f"autocast_dtype must be None or a floating torch.dtype, got {autocast_dtype!r}")
     dev = get_device(device)

@@ -54,7 +54,7 @@ def test_compile_failure_is_caught():
 
     r = compare_compiled(lambda: None, broken, label="x", min_run_time=0.01)
     assert not r.ok and "no C++ compiler" in r.error
-    with pytest.raises(TypeError, match="callables"):
+    with pytest.raises(TypeError, match="eager_fn must be callable"):
         compare_compiled(None, broken)
 
 

@@ -53,7 +53,7 @@ def test_few_labels_bad_input():
         few_labels(y, 11)
     with pytest.raises(TypeError, match="labels"):
         few_labels(y.float(), 3)
-    with pytest.raises(TypeError, match="labels"):
+    with pytest.raises(ValueError, match="labels must have 1 dimensions"):
         few_labels(y.reshape(2, 5), 3)
     with pytest.raises(TypeError, match="generator"):
         few_labels(y, 3, generator=0)

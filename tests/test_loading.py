@@ -101,7 +101,7 @@ def test_bad_settings_fail_clearly(data, tmp_path):
         build_loader(ds, num_workers=0, prefetch_factor=2)
     with pytest.raises(ValueError, match="prefetch_factor must be"):
         build_loader(ds, num_workers=1, prefetch_factor=0)
-    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+    with pytest.raises(ValueError, match="num_workers must be an int >= 0"):
         build_loader(ds, num_workers=-1)
     with pytest.raises(ValueError, match="batch_size"):
         build_loader(ds, batch_size=0)

@@ -158,5 +158,7 @@ def test_differences_by_hand():
     d = differences(ranks, ref)
     assert d == {"output": 0.25, "grads": 0.5, "params": 0.0, "missing": []}
     assert differences(ranks[:1], ref)["missing"] == ["b"]
-    with pytest.raises(ValueError, match="reference"):
+    with pytest.raises(ValueError, match="results must not be empty"):
         differences([], ref)
+    with pytest.raises(ValueError, match="reference lacks"):
+        differences(ranks, {"output": None})

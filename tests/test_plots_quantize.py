@@ -64,7 +64,7 @@ def test_bad_input(gen):
     x = torch.randn(10, generator=gen)
     with pytest.raises(ValueError, match="lo must be below hi"):
         grid_data(x, lo=1.0, hi=-1.0)
-    with pytest.raises(ValueError, match="bits must be between 1 and 16"):
+    with pytest.raises(ValueError, match="bits must be an int between 1 and 16"):
         grid_data(x, bits=0)
     with pytest.raises(TypeError, match="non-empty floating-point"):
         grid_data(torch.ones(3, dtype=torch.int64))

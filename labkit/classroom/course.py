@@ -23,8 +23,10 @@ from pathlib import Path
 
 import nbformat
 
+from labkit import _args
 from labkit.checks import PASS
 from labkit.classroom.grading import NotebookRun, run_notebook
+from labkit.classroom.student import check_notebook
 
 LESSON = re.compile(r"^\d\d_.+\.ipynb$")
 TARGET_MINUTES = 20
@@ -32,7 +34,7 @@ TARGET_MINUTES = 20
 
 def lessons(notebooks_dir: str | os.PathLike) -> list[Path]:
     """The lesson notebooks (``NN_name.ipynb``) of ``notebooks_dir``, in teaching order."""
-    folder = Path(notebooks_dir)
+    folder = _args.path("notebooks_dir", notebooks_dir)
     if not folder.is_dir():
         raise ValueError(f"notebooks_dir must be a directory, got {str(folder)!r}")
     return sorted(p for p in folder.iterdir() if LESSON.match(p.name))
@@ -40,6 +42,7 @@ def lessons(notebooks_dir: str | os.PathLike) -> list[Path]:
 
 def verdict(run: NotebookRun) -> str:
     """``ok`` when the lesson ran to the end with no cell error and every check passed."""
+    _args.instance("run", run, NotebookRun, "a NotebookRun (from run_notebook)")
     if not run.ran_to_end:
         return run.state.upper()
     if run.errors:
@@ -51,6 +54,8 @@ def verdict(run: NotebookRun) -> str:
 
 def course_table(runs: Sequence[NotebookRun], *, fast: bool = False) -> str:
     """The run-time and pass/fail table that ``labkit course`` prints."""
+    _args.sequence("runs", runs, of=NotebookRun, what="a list of NotebookRun")
+    _args.boolean("fast", fast)
     width = max([len("notebook")] + [len(r.path.name) for r in runs])
     mode = "fast" if fast else "full"
     lines = [f"{'notebook':<{width}}  mode  {'time':>8}  {'cells':>7}  errors  checks  verdict"]
@@ -74,6 +79,8 @@ def write_html(nb, path: str | os.PathLike) -> Path:
     """Write ``nb`` (with its outputs) as a standalone HTML page."""
     from nbconvert import HTMLExporter
 
+    check_notebook("nb", nb)
+    path = _args.path("path", path)
     body, _ = HTMLExporter().from_notebook_node(nb)
     path = Path(path)
     path.write_text(body, encoding="utf-8")
@@ -88,7 +95,12 @@ def run_course(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     ``"05"`` or a file name). Prints a line per lesson as it finishes, then :func:`course_table`
     (``echo=False`` keeps quiet). Returns one :class:`~labkit.classroom.grading.NotebookRun` per lesson.
     """
-    src, out = Path(notebooks_dir), Path(out_dir)
+    src, out = _args.path("notebooks_dir", notebooks_dir), _args.path("out_dir", out_dir)
+    _args.boolean("fast", fast)
+    _args.positive_float("timeout", timeout)
+    _args.boolean("echo", echo)
+    if names is not None:
+        _args.sequence("names", names, of=str)
     found = lessons(src)
     if not found:
         raise ValueError(f"notebooks_dir {str(src)!r} holds no lesson notebooks named NN_*.ipynb")

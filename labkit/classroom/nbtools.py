@@ -14,6 +14,9 @@ from pathlib import Path
 
 import nbformat
 
+from labkit import _args
+from labkit.classroom.student import check_notebook, read_notebook
+
 CHECK_MARK = "NBVAL_CHECK_OUTPUT"
 FRONT_MATTER = ("learning goals", "prerequisites", "runs on", "time")
 FORBIDDEN = {
@@ -27,19 +30,20 @@ SOLUTION_BEGIN, SOLUTION_END = "### BEGIN SOLUTION", "### END SOLUTION"
 
 
 def read(path: str | os.PathLike) -> nbformat.NotebookNode:
-    p = Path(path)
-    if p.suffix != ".ipynb" or not p.is_file():
-        raise ValueError(f"not a notebook file: {p}")
-    return nbformat.read(p, as_version=4)
+    """The notebook at ``path``; a missing, corrupt or non-notebook file is a ValueError naming it."""
+    return read_notebook(path)
 
 
 def is_checked(cell) -> bool:
     """True for code cells whose output nbval compares."""
+    _args.instance("cell", cell, nbformat.NotebookNode, "a notebook cell (nbformat.NotebookNode)")
     return cell.cell_type == "code" and (CHECK_MARK in cell.source or "nbval-check-output" in cell.metadata.get("tags", []))
 
 
 def strip_outputs(nb, *, keep_checked: bool = True):
     """Clear outputs and execution counts in place, keeping checked cells' outputs if asked."""
+    check_notebook("nb", nb)
+    _args.boolean("keep_checked", keep_checked)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -56,6 +60,16 @@ def execute(nb, *, cwd: str | os.PathLike, timeout: int = 600, fast: bool = True
             allow_errors: bool = False):
     """Run every cell of ``nb`` in a fresh kernel (in place) with nbclient; return it."""
     from nbclient import NotebookClient
+
+    check_notebook("nb", nb)  # all checked before a kernel starts
+    if not _args.path("cwd", cwd).is_dir():
+        raise ValueError(f"cwd must be a directory, got {str(cwd)!r}")
+    _args.positive_float("timeout", timeout)
+    _args.boolean("fast", fast)
+    _args.boolean("allow_errors", allow_errors)
+    if env is not None:
+        for k, v in _args.mapping("env", env).items():
+            _args.text(f"env[{k!r}]", v, non_empty=False)
 
     old = {k: os.environ.get(k) for k in ("LABKIT_FAST", "LABKIT_STATIC_WIDGETS", *(env or {}))}
     os.environ["LABKIT_FAST"] = "1" if fast else "0"
@@ -77,6 +91,7 @@ def execute(nb, *, cwd: str | os.PathLike, timeout: int = 600, fast: bool = True
 def refresh(path: str | os.PathLike, *, timeout: int = 600) -> None:
     """Run ``path`` in fast mode and save it with only the checked cells' outputs."""
     nb = read(path)
+    _args.positive_float("timeout", timeout)
     execute(nb, cwd=Path(path).parent, timeout=timeout, fast=True)
     nbformat.write(strip_outputs(nb), path)
 
@@ -88,6 +103,7 @@ def lint(nb) -> list[str]:
     at least three checked exercises with solution markers; a final code cell of asserts;
     outputs stripped except in checked cells; at least one checked cell.
     """
+    check_notebook("nb", nb)
     problems = []
     if not nb.cells or nb.cells[0].cell_type != "markdown":
         problems.append("the first cell must be markdown front matter")
@@ -117,6 +133,7 @@ def lint(nb) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """``labkit nb strip|refresh|lint FILE...``"""
+    argv = _args.sequence("argv", argv, of=str, what="a list of command-line words")
     if len(argv) < 2 or argv[0] not in ("strip", "refresh", "lint"):
         print("usage: labkit nb strip|refresh|lint NOTEBOOK...")
         return 2

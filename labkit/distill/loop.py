@@ -9,13 +9,13 @@ Used by ``07_distillation`` and ``08_compression_capstone``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from labkit import _args
 from labkit.devices import get_device
 from labkit.distill.loss import (
     IGNORE_INDEX,
@@ -29,8 +29,7 @@ from labkit.train import History, evaluate
 
 
 def _check_module(name: str, model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
+    _args.module(name, model)
 
 
 def distill(student: nn.Module, teacher: nn.Module | None, loader: Iterable, *, epochs: int = 1,
@@ -57,17 +56,17 @@ def distill(student: nn.Module, teacher: nn.Module | None, loader: Iterable, *, 
         _check_module("teacher", teacher)
     if teacher is student:
         raise ValueError("teacher and student must be different modules")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    _args.iterable("loader", loader, "an iterable of (x, y) or (x, y, teacher_logits) batches")
+    _args.positive_int("epochs", epochs)
     t, a = _check_temperature(temperature), _check_alpha(alpha)
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    _args.positive_float("lr", lr)
+    if val_loader is not None:
+        _args.iterable("val_loader", val_loader, "an iterable of (x, y) batches")
+    _args.integer("ignore_index", ignore_index)
+    _args.boolean("progress", progress)
     if hint is not None and teacher is None:
         raise ValueError("hint needs the teacher to run on every batch: pass teacher=")
-    if isinstance(hint_weight, bool) or not isinstance(hint_weight, (int, float)) or not hint_weight >= 0:
-        raise ValueError(f"hint_weight must be a number >= 0, got {hint_weight!r}")
-    if not hasattr(loader, "__iter__"):
-        raise TypeError(f"loader must be iterable (a DataLoader), got {type(loader).__name__}")
+    _args.non_negative_float("hint_weight", hint_weight)
     dev = get_device(device)
     student.to(dev)
     params = list(student.parameters())
@@ -140,8 +139,7 @@ def gap_closed(scratch: float, distilled: float, teacher: float) -> float:
     1 = as good as the teacher, negative = worse than scratch. Needs ``teacher > scratch``.
     """
     for name, v in (("scratch", scratch), ("distilled", distilled), ("teacher", teacher)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise TypeError(f"{name} must be a finite number (an accuracy), got {v!r}")
+        _args.real(name, v)
     if teacher <= scratch:
         raise ValueError(f"teacher ({teacher}) must beat scratch ({scratch}) for a gap to close")
     return (distilled - scratch) / (teacher - scratch)

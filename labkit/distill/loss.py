@@ -21,37 +21,24 @@ Used by ``07_distillation`` and ``08_compression_capstone``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from labkit import _args
 
 IGNORE_INDEX = -100
 
 
 def _check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    return float(temperature)
+    return _args.positive_float("temperature", temperature)
 
 
 def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a number in [0, 1], got {type(alpha).__name__}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (it weights the soft-target term), got {alpha}")
-    return float(alpha)
+    return _args.fraction("alpha", alpha)
 
 
 def _check_logits(name: str, logits) -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {logits.dtype}")
-    if logits.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (batch, classes), got shape {tuple(logits.shape)}")
+    _args.tensor(name, logits, dtype="floating", ndim=2)
 
 
 def _check_pair(student_logits, teacher_logits) -> None:
@@ -90,10 +77,8 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 def _check_labels(labels, n: int, classes: int, ignore_index: int) -> None:
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}")
-    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError(f"labels must hold integer class indices, got {labels.dtype}")
+    _args.tensor("labels", labels, dtype="integer")
+    _args.integer("ignore_index", ignore_index)
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},) to match the logits, got {tuple(labels.shape)}")
     known = labels[labels != ignore_index]
@@ -103,7 +88,12 @@ def _check_labels(labels, n: int, classes: int, ignore_index: int) -> None:
 
 
 def hard_label_loss(student_logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Cross-entropy over the labelled rows (``labels != ignore_index``); 0 when none is labelled."""
+    """Cross-entropy over the labelled rows (``labels != ignore_index``); 0 when none is labelled.
+
+    ``labels`` holds one integer class index per row of ``student_logits`` (float labels would be
+    truncated, so they are refused)."""
+    _check_logits("student_logits", student_logits)
+    _check_labels(labels, student_logits.shape[0], student_logits.shape[1], ignore_index)
     labelled = labels != ignore_index
     if not bool(labelled.any()):
         return student_logits.sum() * 0.0  # keeps the graph (and the dtype) without a NaN

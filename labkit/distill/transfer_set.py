@@ -22,16 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit import _args
 from labkit.devices import get_device
 from labkit.distill.loss import IGNORE_INDEX
 
 
 def _check_labels(labels) -> None:
-    if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
-        raise TypeError(f"labels must be a 1-D tensor of class indices, got {type(labels).__name__}"
-                        + (f" of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else ""))
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must hold integer class indices, got {labels.dtype}")
+    _args.tensor("labels", labels, dtype="integer", ndim=1)
 
 
 def few_labels(labels: torch.Tensor, n_labelled: int, *, generator: torch.Generator | None = None,
@@ -42,10 +39,10 @@ def few_labels(labels: torch.Tensor, n_labelled: int, *, generator: torch.Genera
     drawn with ``generator``: the same generator seed always hides the same labels.
     """
     _check_labels(labels)
-    if isinstance(n_labelled, bool) or not isinstance(n_labelled, int) or not 0 < n_labelled <= len(labels):
-        raise ValueError(f"n_labelled must be an int in [1, {len(labels)}], got {n_labelled!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    _args.integer("n_labelled", n_labelled, minimum=1, maximum=len(labels))
+    if generator is not None:
+        _args.instance("generator", generator, torch.Generator)
+    _args.boolean("stratified", stratified)
     perm = torch.randperm(len(labels), generator=generator)
     if stratified:
         classes = torch.unique(labels)
@@ -72,12 +69,11 @@ def teacher_logits(teacher: nn.Module, inputs: torch.Tensor, *, batch_size: int 
     The teacher's train/eval mode is restored afterwards. Cache these when the inputs do not
     change between epochs: one teacher pass instead of one per epoch per student.
     """
-    if not isinstance(teacher, nn.Module):
-        raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2 or len(inputs) == 0:
-        raise ValueError("inputs must be a non-empty tensor shaped (N, ...)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _args.module("teacher", teacher)
+    _args.tensor("inputs", inputs, non_empty=True)
+    if inputs.ndim < 2:
+        raise ValueError(f"inputs must be shaped (N, ...), got shape {tuple(inputs.shape)}")
+    _args.positive_int("batch_size", batch_size)
     dev = get_device(device) if device is not None else next(teacher.parameters()).device
     was_training = teacher.training
     teacher.eval()
@@ -94,16 +90,20 @@ def pseudo_labels(logits: torch.Tensor, *, labels: torch.Tensor | None = None, t
     Rows below the threshold get ``ignore_index``. Given ``labels``, known labels (not
     ``ignore_index``) are kept and only the missing ones are filled in.
     """
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
-        raise TypeError("logits must be a floating tensor shaped (N, classes)")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    _args.tensor("logits", logits, dtype="floating", ndim=2)
+    _args.fraction("threshold", threshold)
+    _args.integer("ignore_index", ignore_index)
     conf, guess = F.softmax(logits.float(), dim=1).max(dim=1)
     out = torch.where(conf >= threshold, guess, torch.full_like(guess, ignore_index))
     if labels is not None:
         _check_labels(labels)
         if len(labels) != len(logits):
             raise ValueError(f"labels has {len(labels)} rows but logits has {len(logits)}")
+        known = labels[labels != ignore_index]
+        classes = logits.shape[1]
+        if known.numel() and (int(known.min()) < 0 or int(known.max()) >= classes):
+            raise ValueError(f"labels must be in [0, {classes}) or ignore_index={ignore_index}, "
+                             f"got values from {int(known.min())} to {int(known.max())}")
         out = torch.where(labels != ignore_index, labels.long(), out)
     return out
 
@@ -114,13 +114,10 @@ def shifted_copies(images: torch.Tensor, copies: int, *, max_shift: int = 2,
 
     Each copy of each image moves by ``(dy, dx)`` drawn uniformly from ``[-max_shift, max_shift]``.
     """
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a tensor shaped (N, C, H, W), got {getattr(images, 'shape', type(images).__name__)}")
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies <= 0:
-        raise ValueError(f"copies must be a positive int, got {copies!r}")
+    _args.tensor("images", images, ndim=4)
+    _args.positive_int("copies", copies)
     h, w = images.shape[-2:]
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or not 0 <= max_shift < min(h, w):
-        raise ValueError(f"max_shift must be an int in [0, {min(h, w) - 1}], got {max_shift!r}")
+    _args.integer("max_shift", max_shift, minimum=0, maximum=min(h, w) - 1)
     s = max_shift
     padded = F.pad(images, (s, s, s, s))
     out = []

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from labkit.devices import synchronize
+from labkit import _args
+from labkit.devices import check_device, synchronize
 from labkit.timing import compare
 from labkit.train import make_train_step
 
@@ -41,15 +42,17 @@ CHAIN_OPS = (("add bias", 1, 1), ("gelu", 1, 1), ("mul 0.5", 1, 1), ("add x", 2,
 
 def pointwise_chain(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``gelu(x + bias) * 0.5 + x``: four pointwise ops that Inductor fuses into one kernel."""
+    _args.tensor("x", x, dtype="floating")
+    _args.tensor("bias", bias, dtype="floating")
     return nn.functional.gelu(x + bias) * 0.5 + x
 
 
 def traffic_bytes(numel: int, element_size: int = 4, *, ops: Sequence[tuple] = CHAIN_OPS, fused: bool = False,
                   inputs: int = 1, outputs: int = 1) -> int:
     """Bytes a chain of pointwise ``ops`` moves through memory, eagerly or fused (module doc)."""
-    for name, v in (("numel", numel), ("element_size", element_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    for name, v in (("numel", numel), ("element_size", element_size), ("inputs", inputs), ("outputs", outputs)):
+        _args.positive_int(name, v)
+    _args.boolean("fused", fused)
     if fused:
         return (inputs + outputs) * numel * element_size
     return sum(reads + writes for _, reads, writes in ops) * numel * element_size
@@ -59,8 +62,7 @@ def break_even_steps(compile_seconds: float, eager_step: float, compiled_step: f
     """Steps after which compiling has paid for itself: ``C / (eager - compiled)``; ``inf`` if
     the compiled step is not faster."""
     for name, v in (("compile_seconds", compile_seconds), ("eager_step", eager_step), ("compiled_step", compiled_step)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or math.isnan(v):
-            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        _args.non_negative_float(name, v)
     saved = eager_step - compiled_step
     return compile_seconds / saved if saved > 0 else math.inf
 
@@ -74,6 +76,9 @@ class CompileReport:
     eager: float
     compiled: float
     error: str = ""  # why compilation failed, if it did (then the times are eager only)
+
+    def __post_init__(self):
+        _args.fields(self)
 
     @property
     def ok(self) -> bool:
@@ -103,9 +108,12 @@ def compare_compiled(eager_fn: Callable[[], object], compiled_fn: Callable[[], o
     interleaved rounds (``labkit.timing.compare``). If compiling raises (no C++
     compiler, an unsupported operation), the error is caught and reported in the result.
     """
-    if not callable(eager_fn) or not callable(compiled_fn):
-        raise TypeError("eager_fn and compiled_fn must be callables taking no arguments")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    _args.function("eager_fn", eager_fn)
+    _args.function("compiled_fn", compiled_fn)
+    _args.text("label", label, non_empty=False)
+    _args.positive_float("min_run_time", min_run_time)
+    _args.positive_int("rounds", rounds)
+    dev = check_device(device) if device is not None else torch.device("cpu")
     start = time.perf_counter()
     try:
         compiled_fn()
@@ -126,8 +134,15 @@ def compile_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     """Compare a training step (forward, backward, SGD step) of ``model`` eager vs
     ``torch.compile(model)`` (forward and backward both compiled). A deep copy is compiled,
     so ``model`` itself stays eager."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)  # everything is checked before torch.compile starts its workers
+    _args.tensor("x", x)
+    _args.tensor("y", y)
+    if loss_fn is not None:
+        _args.function("loss_fn", loss_fn)
+    _args.positive_float("lr", lr)
+    _args.choice("mode", mode, (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    _args.positive_float("min_run_time", min_run_time)
+    _args.positive_int("rounds", rounds)
     compiled = torch.compile(copy.deepcopy(model), mode=mode)
     eager_step, compiled_step = (make_train_step(m, x, y, loss_fn=loss_fn or nn.functional.cross_entropy, lr=lr,
                                                  device=x.device, copy_model=False) for m in (model, compiled))
@@ -150,8 +165,7 @@ def generated_kernels(fn: Callable, *args) -> tuple[list[str], str]:
     """Compile ``fn``, run it on ``args`` and return ``(kernel names, generated source)``.
 
     Kernel names such as ``cpp_fused_add_gelu_mul_0`` list the operations fused into each."""
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    _args.function("fn", fn)
     from torch._inductor.utils import run_and_get_code
 
     _, sources = run_and_get_code(torch.compile(fn), *args)
@@ -162,6 +176,9 @@ def generated_kernels(fn: Callable, *args) -> tuple[list[str], str]:
 
 def kernel_excerpt(code: str, name: str, lines: int = 30) -> str:
     """The first ``lines`` lines of kernel ``name`` in Inductor's generated ``code``."""
+    _args.text("code", code)
+    _args.text("name", name)
+    _args.positive_int("lines", lines)
     start = code.find(f"{name} = ")
     if start < 0:
         raise ValueError(f"no kernel named {name!r} in the generated code")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from labkit import _args
 from labkit.devices import get_device, synchronize
 from labkit.timing import time_fn
 
@@ -39,10 +40,8 @@ class Augment:
     """
 
     def __init__(self, shift: int = 2, noise: float = 0.05):
-        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
-            raise ValueError(f"shift must be an int >= 0, got {shift!r}")
-        if not noise >= 0:
-            raise ValueError(f"noise must be >= 0, got {noise!r}")
+        _args.non_negative_int("shift", shift)
+        _args.non_negative_float("noise", noise)
         self.shift, self.noise = shift, float(noise)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,10 +57,8 @@ class Transformed(Dataset):
     """``dataset`` with ``transform`` applied to each input (labels untouched)."""
 
     def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]):
-        if not isinstance(dataset, Dataset):
-            raise TypeError(f"dataset must be a torch Dataset, got {type(dataset).__name__}")
-        if not callable(transform):
-            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        _args.instance("dataset", dataset, Dataset, "a torch Dataset")
+        _args.function("transform", transform)
         self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
@@ -81,7 +78,7 @@ class MemmapDataset(Dataset):
     """
 
     def __init__(self, x_path: str | Path, y_path: str | Path):
-        self.x_path, self.y_path = Path(x_path), Path(y_path)
+        self.x_path, self.y_path = _args.path("x_path", x_path), _args.path("y_path", y_path)
         for name, p in (("x_path", self.x_path), ("y_path", self.y_path)):
             if not p.is_file():
                 raise ValueError(f"{name} {str(p)!r} is not a file")
@@ -108,11 +105,12 @@ class MemmapDataset(Dataset):
 
 def write_memmap(x: torch.Tensor, y: torch.Tensor, directory: str | Path, *, name: str = "data") -> MemmapDataset:
     """Save ``x`` and ``y`` as ``<name>_x.npy`` / ``<name>_y.npy`` in ``directory``; return the dataset."""
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError("x and y must be tensors")
+    _args.tensor("x", x)
+    _args.tensor("y", y)
+    name = _args.file_name("name", name)  # '../escape' would write outside directory
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must be non-empty and equally long, got {len(x)} and {len(y)}")
-    d = Path(directory)
+    d = _args.path("directory", directory)
     if not d.is_dir():
         raise ValueError(f"directory {str(d)!r} does not exist")
     xp, yp = d / f"{name}_x.npy", d / f"{name}_y.npy"
@@ -129,25 +127,20 @@ def build_loader(dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0
     ``persistent_workers`` and ``prefetch_factor`` only mean something with worker processes,
     so they need ``num_workers >= 1``. ``pin_memory`` only helps copies to an accelerator.
     """
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"dataset must be a torch Dataset, got {type(dataset).__name__}")
+    _args.instance("dataset", dataset, Dataset, "a torch Dataset")
     if len(dataset) == 0:
         raise ValueError("dataset is empty")
-    for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    _args.positive_int("batch_size", batch_size)
+    _args.non_negative_int("num_workers", num_workers)
+    for flag, value in (("pin_memory", pin_memory), ("persistent_workers", persistent_workers), ("shuffle", shuffle)):
+        _args.boolean(flag, value)
     if persistent_workers and num_workers == 0:
         raise ValueError("persistent_workers=True needs num_workers >= 1: with num_workers=0 the main "
                          "process loads the data and there are no workers to keep")
     if prefetch_factor is not None:
         if num_workers == 0:
             raise ValueError("prefetch_factor needs num_workers >= 1: only worker processes prefetch")
-        if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or prefetch_factor <= 0:
-            raise ValueError(f"prefetch_factor must be a positive int, got {prefetch_factor!r}")
+        _args.positive_int("prefetch_factor", prefetch_factor)
     if pin_memory and not torch.cuda.is_available():
         raise ValueError("pin_memory=True only helps copies to a CUDA GPU, and none is available here")
     if shuffle and generator is None:
@@ -160,6 +153,9 @@ def build_loader(dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0
 def consume(loader, *, device=None, step: Callable | None = None) -> int:
     """Iterate over one epoch of ``loader``, moving each batch to ``device`` and calling
     ``step(x, y)`` if given; returns the number of samples seen."""
+    _args.iterable("loader", loader, "an iterable of (x, y) batches (a DataLoader)")
+    if step is not None:
+        _args.function("step", step)
     dev = get_device(device) if device is not None else torch.device("cpu")
     n = 0
     for x, y in loader:
@@ -179,8 +175,11 @@ def loader_throughput(loader: DataLoader, *, device=None, step: Callable | None 
     every epoch pays the start-up again, and so does this figure. ``step(x, y)`` adds the
     model's work per batch (default: none, the loader alone).
     """
-    if not isinstance(loader, DataLoader):
-        raise TypeError(f"loader must be a DataLoader, got {type(loader).__name__}")
+    _args.instance("loader", loader, DataLoader, "a DataLoader")
+    if step is not None:
+        _args.function("step", step)
+    _args.positive_float("min_run_time", min_run_time)
+    _args.non_negative_int("warmup", warmup)
     dev = get_device(device) if device is not None else torch.device("cpu")
     n = len(loader) * loader.batch_size if loader.drop_last else len(loader.dataset)
     t = time_fn(lambda: consume(loader, device=dev, step=step), device=dev, warmup=warmup, min_run_time=min_run_time)
@@ -192,8 +191,7 @@ def loader_throughput(loader: DataLoader, *, device=None, step: Callable | None 
 def first_batch_seconds(loader: DataLoader) -> float:
     """Seconds until the first batch arrives: the worker start-up a non-persistent loader pays
     at every epoch."""
-    if not isinstance(loader, DataLoader):
-        raise TypeError(f"loader must be a DataLoader, got {type(loader).__name__}")
+    _args.instance("loader", loader, DataLoader, "a DataLoader")
     start = time.perf_counter()
     it = iter(loader)
     next(it)
@@ -205,8 +203,9 @@ def first_batch_seconds(loader: DataLoader) -> float:
 def pipeline_breakdown(loader: DataLoader, step: Callable, *, device=None, min_run_time: float = 0.3) -> dict:
     """Seconds per epoch for the loader alone, the model alone (on batches cached in memory) and
     both together, and which one bounds the epoch (``'data'`` or ``'compute'``)."""
-    if not callable(step):
-        raise TypeError(f"step must be callable as step(x, y), got {type(step).__name__}")
+    _args.instance("loader", loader, DataLoader, "a DataLoader")
+    _args.function("step", step)
+    _args.positive_float("min_run_time", min_run_time)
     dev = get_device(device) if device is not None else torch.device("cpu")
     cached = [(x.to(dev), y.to(dev)) for x, y in loader]
 

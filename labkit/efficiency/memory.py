@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from labkit import _args
 from labkit.metrics import storage_key, tensor_bytes
 from labkit.timing import compare
 
@@ -59,8 +60,18 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
+
+
+def _check_step(model, optimizer, x, y, loss_fn) -> None:
+    _check_model(model)
+    _args.instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    _args.tensor("x", x, non_empty=True)
+    _args.tensor("y", y)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+    if loss_fn is not None:
+        _args.function("loss_fn", loss_fn)
 
 
 class SavedTensorMeter:
@@ -125,7 +136,7 @@ def training_memory(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch
                     loss_fn: Callable | None = None) -> dict[str, int]:
     """Take one training step and return the bytes of each part of it:
     ``parameters``, ``gradients``, ``optimizer_state``, ``activations`` (saved for backward)."""
-    _check_model(model)
+    _check_step(model, optimizer, x, y, loss_fn)
     loss_fn = loss_fn or nn.functional.cross_entropy
     optimizer.zero_grad(set_to_none=True)
     with SavedTensorMeter(exclude=model.parameters()) as meter:
@@ -238,11 +249,11 @@ def checkpoint_sweep(sequential: nn.Sequential, x: torch.Tensor, y: torch.Tensor
     Returns ``{'plain': {'bytes', 'seconds'}, 'points': [{'segments', 'bytes', 'seconds',
     'memory_ratio', 'time_ratio'}, ...]}``, ratios relative to the plain model.
     """
-    if not isinstance(sequential, nn.Sequential):
-        raise TypeError(f"sequential must be an nn.Sequential, got {type(sequential).__name__}")
-    segments = list(segments)
-    if not segments:
-        raise ValueError("segments must name at least one segment count")
+    _args.module("sequential", sequential, nn.Sequential)
+    _args.tensor("x", x, non_empty=True)
+    _args.tensor("y", y)
+    segments = [_args.positive_int(f"segments[{i}]", s) for i, s in
+                enumerate(_args.sequence("segments", list(_args.iterable("segments", segments)), non_empty=True))]
     loss_fn = loss_fn or nn.functional.cross_entropy
     models = {"plain": sequential, **{s: CheckpointedSequential(sequential, s) for s in segments}}
 
@@ -270,9 +281,8 @@ def accumulation_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: tor
     the summed gradients and the step equal those of one pass over the whole batch, while only
     one micro-batch's activations are alive at a time. Returns the batch's mean loss.
     """
-    _check_model(model)
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int):
-        raise TypeError(f"micro_batches must be an int, got {type(micro_batches).__name__}")
+    _check_step(model, optimizer, x, y, loss_fn)
+    _args.integer("micro_batches", micro_batches)
     if micro_batches <= 0:
         raise ValueError(f"micro_batches must be positive (the number of micro-batches to accumulate), got {micro_batches}")
     if len(x) != len(y):

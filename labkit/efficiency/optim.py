@@ -25,21 +25,29 @@ from collections.abc import Iterable
 
 import torch
 
+from labkit import _args
+from labkit.devices import check_device
 from labkit.timing import compare
 
 IMPLEMENTATIONS = ("for-loop", "foreach", "fused")
 
 
 def _check_hyper(lr: float, weight_decay: float) -> None:
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    _args.positive_float("lr", lr)
+    _args.non_negative_float("weight_decay", weight_decay)
 
 
 def sgd_update(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, *, lr: float, momentum: float = 0.0,
                dampening: float = 0.0, nesterov: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One SGD / momentum / Nesterov update of ``p``, returning ``(new_p, new_buf)`` (pure)."""
+    _args.tensor("p", p, dtype="floating")
+    _args.tensor("g", g, shape=tuple(p.shape))
+    if buf is not None:
+        _args.tensor("buf", buf, shape=tuple(p.shape))
+    _args.positive_float("lr", lr)
+    _args.real("momentum", momentum, minimum=0.0)
+    _args.fraction("dampening", dampening)
+    _args.boolean("nesterov", nesterov)
     if momentum == 0:
         return p - lr * g, None
     buf = g.clone() if buf is None else momentum * buf + (1 - dampening) * g
@@ -50,9 +58,14 @@ def sgd_update(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, *, lr
 def adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: int, *, lr: float,
                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Adam update at step ``t`` (t >= 1), returning ``(new_p, new_m, new_v)`` (pure)."""
-    if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-        raise ValueError(f"t (the step number) must be an int >= 1, got {t!r}")
-    b1, b2 = betas
+    _args.tensor("p", p, dtype="floating")
+    for name, value in (("g", g), ("m", m), ("v", v)):
+        _args.tensor(name, value, shape=tuple(p.shape))
+    _args.positive_int("t", t)
+    _args.positive_float("lr", lr)
+    _args.positive_float("eps", eps)
+    b1, b2 = (_args.real(f"betas[{i}]", b, minimum=0.0, maximum=1.0)
+              for i, b in enumerate(_args.sequence("betas", betas, what="a pair of numbers in [0, 1)")))
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
     m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
@@ -64,8 +77,9 @@ class ScratchSGD(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
+        params = _args.parameters("params", params)
         _check_hyper(lr, weight_decay)
-        if not 0 <= momentum < 1:
+        if not 0 <= _args.real("momentum", momentum) < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if nesterov and (momentum == 0 or dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening == 0")
@@ -94,7 +108,10 @@ class ScratchAdam(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False):
+        params = _args.parameters("params", params)
         _check_hyper(lr, weight_decay)
+        _args.sequence("betas", betas, what="a pair of numbers in [0, 1)")
+        _args.positive_float("eps", eps)
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if not eps > 0:
@@ -131,11 +148,10 @@ class ScratchAdam(torch.optim.Optimizer):
 def torch_optimizer(name: str, params: Iterable, *, implementation: str = "foreach", **hyper) -> torch.optim.Optimizer:
     """``torch.optim`` SGD or Adam with the chosen implementation: ``for-loop`` (foreach=False),
     ``foreach`` (multi-tensor kernels) or ``fused`` (one kernel per step)."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if name not in classes:
-        raise ValueError(f"name must be one of {sorted(classes)}, got {name!r}")
+    _args.choice("name", name, sorted(classes))
+    params = _args.parameters("params", params)
+    _args.choice("implementation", implementation, IMPLEMENTATIONS)
     flags = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[implementation]
     return classes[name](params, **hyper, **flags)
 
@@ -145,10 +161,13 @@ def step_speed(params: list[torch.nn.Parameter], *, name: str = "adam", lr: floa
     """Median time of one ``optimizer.step()`` over ``params`` (their ``.grad`` must be set)
     for each implementation, plus labkit's from-scratch one, timed in interleaved rounds.
     Parameters change as it runs."""
-    params = list(params)
-    if not params or any(p.grad is None for p in params):
+    params = _args.parameters("params", params)
+    _args.positive_float("lr", lr)
+    _args.positive_int("rounds", rounds)
+    _args.positive_float("min_run_time", min_run_time)
+    if any(not isinstance(p, torch.Tensor) or p.grad is None for p in params):
         raise ValueError("params must be non-empty and every one must have a .grad (run a backward first)")
-    dev = params[0].device if device is None else torch.device(device)
+    dev = params[0].device if device is None else check_device(device)
     steps = {impl: torch_optimizer(name, params, implementation=impl, lr=lr).step for impl in IMPLEMENTATIONS}
     if scratch:
         steps["labkit scratch"] = (ScratchAdam if name.startswith("adam") else ScratchSGD)(params, lr=lr).step

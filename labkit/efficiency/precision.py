@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from labkit import _args
 from labkit.timing import compare
 from labkit.train import make_train_step
 
@@ -33,7 +34,8 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def _check_dtype(dtype) -> None:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    _args.instance("dtype", dtype, torch.dtype, "a floating torch.dtype")
+    if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 
 
@@ -52,6 +54,7 @@ def dtype_facts(dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16, 
 
 def round_to(x: float, dtype: torch.dtype) -> float:
     """The value ``x`` becomes when stored in ``dtype`` (round to nearest even)."""
+    _args.real("x", x, finite=False)
     _check_dtype(dtype)
     return torch.tensor(float(x), dtype=torch.float64).to(dtype).item()
 
@@ -59,9 +62,9 @@ def round_to(x: float, dtype: torch.dtype) -> float:
 def running_sum(step: float, n: int, dtype: torch.dtype) -> float:
     """``step`` added ``n`` times to an accumulator kept in ``dtype``. In bfloat16, 1.0 added
     repeatedly stops growing at 256: past it, 256 + 1 rounds back to 256."""
+    _args.real("step", step)
     _check_dtype(dtype)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    _args.non_negative_int("n", n)
     acc, inc = torch.zeros((), dtype=dtype), torch.tensor(step, dtype=dtype)
     for _ in range(n):
         acc = acc + inc
@@ -144,6 +147,7 @@ class NaiveLossScaler:
 
 def autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
     """True if a Linear layer runs under ``torch.autocast(device_type, dtype)`` here."""
+    _args.text("device_type", device_type)
     _check_dtype(dtype)
     try:
         with torch.autocast(device_type, dtype=dtype):
@@ -161,10 +165,15 @@ def autocast_step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     ``model`` under ``torch.autocast`` for each dtype (float32 = autocast off), on ``x``'s
     device, timed in interleaved rounds, with its speed-up over the first dtype. Unsupported
     dtypes get ``seconds=nan``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not dtypes:
-        raise ValueError("dtypes must not be empty")
+    _args.module("model", model)
+    _args.tensor("x", x, non_empty=True)
+    _args.tensor("y", y)
+    for i, dt in enumerate(_args.sequence("dtypes", dtypes, non_empty=True)):
+        _args.instance(f"dtypes[{i}]", dt, torch.dtype)
+    _args.boolean("train", train)
+    _args.positive_float("lr", lr)
+    _args.positive_float("min_run_time", min_run_time)
+    _args.positive_int("rounds", rounds)
     dev = x.device
     loss_fn = loss_fn or nn.functional.cross_entropy
 

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
+from labkit import _args
+
 
 class _Pending:
     """An ``isend`` / ``irecv`` in flight; keeps its tensor alive until ``wait()``."""
@@ -110,6 +112,7 @@ class CountingComm:
 
 def require_group(worker: str) -> None:
     """Raise RuntimeError unless a torch.distributed process group is up (every worker needs one)."""
+    _args.text("worker", worker)
     if not dist.is_initialized():
         raise RuntimeError(f"{worker} is a worker: run it on several processes with "
                            "labkit.parallel.launch.launch (or torchrun -m labkit.parallel.run)")

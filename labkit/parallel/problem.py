@@ -14,7 +14,19 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from labkit import _args
+from labkit.devices import check_device
 from labkit.models import MLP
+
+
+def check_training(*, steps, lr, seed, batch_size=None) -> None:
+    """The arguments every lesson-03/04 training run shares (single process, workers and the
+    reference): checked here, once, before any process group is touched."""
+    _args.positive_int("steps", steps)
+    _args.positive_float("lr", lr)
+    _args.non_negative_int("seed", seed)
+    if batch_size is not None:
+        _args.positive_int("batch_size", batch_size)
 
 
 def make_problem(width: int = 64, depth: int = 4, batch: int = 32, *, seed: int = 0, device=None):
@@ -22,15 +34,15 @@ def make_problem(width: int = 64, depth: int = 4, batch: int = 32, *, seed: int 
     equal ``width x width`` layers (equal-cost stages), inputs ``x`` and regression targets ``y``
     (drawn on the CPU, then moved to ``device``)."""
     for name, v in (("width", width), ("depth", depth), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        _args.positive_int(name, v)
+    _args.non_negative_int("seed", seed)
     torch.manual_seed(seed)  # layer initialisation uses the default generator
     model = MLP(input_shape=(width,), hidden=(width,) * (depth - 1), num_classes=width)
     g = torch.Generator().manual_seed(seed + 1)
     x, y = torch.randn(batch, width, generator=g), torch.randn(batch, width, generator=g)
     if device is None:
         return model, x, y
-    dev = torch.device(device)
+    dev = check_device(device)
     return model.to(dev), x.to(dev), y.to(dev)
 
 
@@ -98,8 +110,7 @@ def reference_run(width: int = 64, depth: int = 4, batch: int = 32, *, steps: in
                   seed: int = 0) -> dict:
     """The same training in one process, unsplit: outputs and gradients of the first step, and
     the parameters after ``steps`` SGD steps (what :func:`pipeline_worker` must reproduce)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_training(steps=steps, lr=lr, seed=seed)
     model, x, y = make_problem(width, depth, batch, seed=seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     report = {}
@@ -119,8 +130,11 @@ def differences(results: Sequence[dict], reference: dict) -> dict:
     """Largest absolute differences between ranks' reports and a single-process reference:
     ``output`` (ranks that hold one), ``grads`` and ``params`` (each parameter from the rank
     that holds it; None when not reported) and ``missing`` (reference parameters no rank held)."""
-    if not results or not isinstance(reference, dict):
-        raise ValueError("give a non-empty list of rank reports and a reference dict")
+    _args.rows("results", results)
+    _args.mapping("reference", reference, what="a dict (from reference_run)")
+    missing = [k for k in ("output", "grads", "params") if k not in reference]
+    if missing:
+        raise ValueError(f"reference lacks {missing}: pass reference_run()'s result")
 
     def worst(key):
         seen, diff = set(), 0.0

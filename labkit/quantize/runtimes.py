@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from labkit import timing
+from labkit import _args, timing
+from labkit.devices import check_device
 from labkit.export import OnnxModule, compare, export, quantize_onnx, quiet_loggers
 from labkit.metrics import inference_call, size_on_disk
 from labkit.quantize.api import DynamicActivationConfig, quantize_
@@ -51,10 +52,12 @@ class Runtime:
     device: str = "cpu"
     note: str = ""
 
+    def __post_init__(self):
+        _args.fields(self)
+
 
 def _float_copy(model: nn.Module) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise ValueError("model has nothing to quantize: no nn.Linear layer")
     return copy.deepcopy(model).eval().cpu()
@@ -93,12 +96,11 @@ def build_runtimes(model: nn.Module, example_inputs, *, names: Sequence[str] = R
     see what torchao was written for; the other int8 paths are CPU-only. ONNX files go to
     ``workdir`` (default: a fresh temporary folder that stays for the session).
     """
-    unknown = [n for n in names if n not in RUNTIMES]
-    if unknown or not names:
-        raise ValueError(f"names must be a non-empty selection of {RUNTIMES}, got {list(names)}")
-    dev = str(torch.device(device)) if device is not None else "cpu"
     fp32 = _float_copy(model)
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = _args.tensors("example_inputs", example_inputs)
+    for i, n in enumerate(_args.sequence("names", names, non_empty=True)):
+        _args.choice(f"names[{i}]", n, RUNTIMES)
+    dev = str(check_device(device)) if device is not None else "cpu"
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="labkit_runtimes_"))
     out: dict[str, Runtime] = {}
     onnx_fp32 = None
@@ -131,11 +133,16 @@ def measure_runtimes(runtimes: Mapping[str, Runtime], inputs, *, data: Iterable 
     speed-up over the reference, max ``|output - reference output|`` and, given ``data`` (a
     loader), accuracy. Latencies are taken in ``rounds`` interleaved rounds; the speed-up is the
     median of the per-round ratios."""
+    _args.mapping("runtimes", runtimes, non_empty=True, what="a dict of name -> Runtime (from build_runtimes)")
+    for name, r in runtimes.items():
+        _args.instance(f"runtimes[{name!r}]", r, Runtime)
+    inputs = _args.tensors("inputs", inputs)
     if reference not in runtimes:
         raise ValueError(f"reference {reference!r} is not among the runtimes {list(runtimes)}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    _args.positive_int("rounds", rounds)
+    _args.positive_float("min_run_time", min_run_time)
+    if data is not None:
+        _args.iterable("data", data, "an iterable of (x, y) batches")
     on = {n: tuple(t.to(r.device) for t in inputs) for n, r in runtimes.items()}
     calls = {n: inference_call(r.module, on[n], r.device) for n, r in runtimes.items()}
     times = timing.compare({n: run for n, (run, _) in calls.items()}, rounds=rounds,
@@ -160,8 +167,8 @@ def measure_runtimes(runtimes: Mapping[str, Runtime], inputs, *, data: Iterable 
 def format_rows(rows: Sequence[Mapping], columns: Sequence[str] = ("runtime", "size_mb", "size_ratio", "latency_ms",
                                                                     "speedup", "max_abs_diff", "accuracy")) -> str:
     """A plain-text table of :func:`measure_runtimes` rows (missing columns left out)."""
-    if not rows:
-        raise ValueError("rows is empty")
+    _args.rows("rows", rows)
+    _args.sequence("columns", columns, of=str)
     cols = [c for c in columns if any(c in r for r in rows)]
     cells = [[c for c in cols]] + [[_fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
