@@ -140,3 +140,5 @@ def test_final_asserts_catch_the_broken_technique(lesson):
     assert len(errors) == 1 and errors[0][0] == code[-1], f"stopped in cell {errors[0][0] if errors else None}, " \
         f"not the final asserts (cell {code[-1]}): {errors}"
     assert errors[0][1][0] == "AssertionError", errors
+    tb = "\n".join(o.get("traceback", [""])[-2:][0] for o in nb.cells[code[-1]].outputs if o.get("output_type") == "error")
+    print(f"lesson {lesson}: the final asserts failed as they should: {tb[-300:]}")

@@ -8,8 +8,9 @@ learner deleted the check, the kernel died, the notebook ran out of time) is "mi
 Only the instructor's check cells score: each verdict is tied to the cell that logged it (the
 log's length before and after every cell), and an exercise's verdict is the last one logged by
 the cell whose instructor source checks it - so a check a learner appends, copies or plants in
-their solution earns nothing. One point per passed exercise; the report is a text table and a CSV in long format (one row
-per exercise plus a TOTAL row per notebook) that a grade book or a spreadsheet can pivot.
+their solution earns nothing. One point per passed exercise; the report is a text table and a
+CSV in long format (one row per exercise plus a TOTAL row per notebook) that a grade book or a
+spreadsheet can pivot.
 
 Used by ``labkit grade`` and by :mod:`labkit.course` (``labkit course``).
 """
@@ -120,7 +121,8 @@ def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float =
     if not timeout or timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
     names = list(expected) if expected is not None else exercise_names(nb)
-    graded = instructor_cells(nb, nb if source is None else source)
+    graded = (instructor_cells(nb, source) if source is not None
+              else {i: _names(c) for i, c in enumerate(nb.cells) if c.cell_type == "code"})
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
         log = Path(tmp) / "checks.jsonl"
         kernel_env = {**os.environ, "LABKIT_FAST": "1" if fast else "0", "LABKIT_STATIC_WIDGETS": "1",
@@ -189,11 +191,15 @@ class _CellLog:
         return [latest.get(n, CheckResult(n, MISSING, gone)) for n in expected]
 
 
+def _names(cell) -> list[str]:
+    """The exercises one code cell's checks name."""
+    return exercise_names(nbformat.v4.new_notebook(cells=[cell]))
+
+
 def instructor_cells(nb, source) -> dict[int, list[str]]:
     """``{cell index in nb: exercises it may report}``: the cells of ``nb`` whose id is a code cell
     of ``source`` with checks (hidden ones included), each with the names that source cell checks."""
-    names = {c.get("id"): exercise_names(nbformat.v4.new_notebook(cells=[c]))
-             for c in source.cells if c.cell_type == "code" and c.get("id")}
+    names = {c.get("id"): _names(c) for c in source.cells if c.cell_type == "code" and c.get("id")}
     return {i: names[c.get("id")] for i, c in enumerate(nb.cells)
             if c.cell_type == "code" and names.get(c.get("id"))}
 
