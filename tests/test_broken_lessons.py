@@ -45,7 +45,7 @@ for _m in [m for n, m in list(sys.modules.items()) if n == "labkit" or n.startsw
         if _v is _original:
             setattr(_m, _k, _broken)
 for _k, _v in list(globals().items()):
-    if _v is _original:
+    if _v is _original and not _k.startswith("_"):
         globals()[_k] = _broken
 print("broken on purpose: {module}.{name}")
 '''
