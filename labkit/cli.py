@@ -2,7 +2,7 @@
 
     labkit doctor            versions, devices, threads, bf16/int8 support, completeness
     labkit bench [--quick]   matmul GFLOP/s per device, peak estimate, elementwise bandwidth
-    labkit nb strip|refresh|lint NOTEBOOK...   notebook housekeeping (labkit.nbtools)
+    labkit nb strip|refresh|lint NOTEBOOK...   notebook housekeeping (labkit.classroom.nbtools)
     labkit student [--src notebooks/] [--out student/]   the student set (labkit.classroom)
     labkit grade NOTEBOOK... [--csv FILE] [--source DIR]   grade learners' notebooks headless
     labkit course [--fast] [--out course-run/] [NAME...]   run every lesson as a learner would
@@ -26,8 +26,8 @@ def _doctor(args) -> int:
 def _bench(args) -> int:
     import torch
 
-    from labkit.bench import cpu_peak_gflops, elementwise_gbps, matmul_sweep
     from labkit.devices import available_devices
+    from labkit.hardware import cpu_peak_gflops, elementwise_gbps, matmul_sweep
 
     sizes = (128, 512, 1024) if args.quick else (128, 256, 512, 1024, 2048)
     peak = cpu_peak_gflops()
@@ -45,7 +45,7 @@ def _bench(args) -> int:
 
 
 def _nb(args) -> int:
-    from labkit.nbtools import main as nb_main
+    from labkit.classroom.nbtools import main as nb_main
 
     return nb_main([args.action, *args.notebooks])
 
@@ -83,7 +83,7 @@ def _grade(args) -> int:
 
 
 def _course(args) -> int:
-    from labkit.course import run_course, verdict
+    from labkit.classroom.course import run_course, verdict
 
     try:
         runs = run_course(args.notebooks, args.out, fast=args.fast, timeout=args.timeout, names=args.names)

@@ -31,8 +31,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from labkit.export import OnnxModule
 from labkit.metrics import compare_latency, flops, size_on_disk, state_bytes
 from labkit.models import count_parameters
+from labkit.quantize import quantized_layers
 from labkit.train import evaluate
 
 
@@ -121,8 +123,6 @@ def onnx_with_int8_weights(float_path: str | os.PathLike, quantized: nn.Module, 
     import onnx
     from onnx import helper, numpy_helper
 
-    from labkit.quantize import quantized_layers
-
     src = Path(float_path)
     if not src.is_file():
         raise ValueError(f"no such ONNX file: {src}")
@@ -172,8 +172,6 @@ def load_int8_weight_onnx(path: str | os.PathLike, *, threads: int | None = None
     runs as fast as the float export. The outputs are the same.
     """
     import onnxruntime as ort
-
-    from labkit.export import OnnxModule
 
     module = OnnxModule(path, threads=threads)
     opts = ort.SessionOptions()

@@ -110,7 +110,7 @@ def synchronize(device: str | torch.device | None = None) -> None:
     """Wait until all queued work on ``device`` has finished (a no-op on the CPU).
 
     GPUs and TPUs run asynchronously: a timer read without synchronizing measures only how long
-    it took to *queue* the work. ``labkit.bench`` calls this around everything it times.
+    it took to *queue* the work. ``labkit.timing`` calls this around everything it times.
     """
     dev = _validate(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
@@ -264,3 +264,9 @@ def format_report(infos: list[DeviceInfo] | None = None) -> str:
             f"{'yes' if i.int8_kernels else 'no':>5}"
         )
     return "\n".join(rows)
+
+
+def cpu_threads_env() -> dict:
+    """Thread settings that change timings, for a report."""
+    return {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}

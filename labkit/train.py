@@ -9,6 +9,7 @@ shrink epochs with one switch (``pick(full, fast)``). Used by every lesson that 
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from labkit._args import positive_float
 from labkit.devices import get_device
 
 
@@ -76,6 +78,14 @@ def _batches(loader: Iterable) -> Iterable:
     return loader
 
 
+def _per_token(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence logits ``(B, T, V)`` with targets ``(B, T)`` (a language model) -> one row per
+    token, ``(B*T, V)`` and ``(B*T,)``, so the loss and accuracy are per token; else unchanged."""
+    if out.dim() == 3 and y.dim() == 2:
+        return out.reshape(-1, out.size(-1)), y.reshape(-1)
+    return out, y
+
+
 def _model_device(model: nn.Module) -> torch.device:
     """Where the model's first parameter (or buffer) lives; the CPU for a model with neither
     (an ONNX Runtime wrapper, a layer holding only integer buffers)."""
@@ -97,7 +107,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device=None, loss_fn: Callab
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in _batches(loader):
         x, y = x.to(dev), y.to(dev)
-        out = model(x)
+        out, y = _per_token(model(x), y)
         loss_sum += float(loss_fn(out, y)) * len(y)
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
@@ -123,7 +133,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     for x, y in tqdm(_batches(loader), desc=desc, leave=False, disable=not progress):
         x, y = x.to(dev), y.to(dev)
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
+        out, y = _per_token(model(x), y)
         loss = loss_fn(out, y)
         loss.backward()
         optimizer.step()
@@ -167,3 +177,57 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, val_loader
         else:
             bar.set_postfix(loss=f"{tr['loss']:.3f}")
     return history
+
+
+def _as_inputs(inputs) -> tuple[torch.Tensor, ...]:
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    if not isinstance(inputs, (tuple, list)) or not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise TypeError("inputs must be a tensor or a non-empty tuple of tensors (e.g. model.example_inputs())")
+    return tuple(inputs)
+
+
+def make_train_step(model: torch.nn.Module, inputs, targets: torch.Tensor, *, loss_fn: Callable | None = None,
+                    device=None, lr: float = 0.01, autocast_dtype: torch.dtype | None = None,
+                    copy_model: bool = True) -> Callable[[], torch.Tensor]:
+    """Return ``step()``: one SGD training step of ``model`` (by default of a *copy*) on ``device``.
+
+    One step = zero the gradients, forward, loss against ``targets``, backward,
+    ``p -= lr * p.grad`` (``torch.optim.SGD``). ``loss_fn(outputs, targets)`` defaults to
+    cross-entropy (on float32 logits; ``targets`` then int64 class indices). With ``copy_model``
+    the caller's model is left untouched and the copy that trains is ``step.model``; without,
+    ``model`` itself (e.g. a ``torch.compile`` wrapper) trains where it is. ``autocast_dtype``
+    (e.g. ``torch.bfloat16``) runs forward and loss under ``torch.autocast`` for that device.
+    ``step()`` returns the loss (a tensor, not synchronized). The one training step of the course:
+    ``labkit.hardware.time_train_step`` (lesson 01), ``labkit.efficiency.precision`` and
+    ``labkit.efficiency.compiling`` (lesson 02).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    inputs = _as_inputs(inputs)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
+    if not isinstance(targets, torch.Tensor) or (loss_fn is None and targets.dtype != torch.int64):
+        raise TypeError("targets must be an int64 tensor of class indices" if loss_fn is None else
+                        f"targets must be a tensor, got {type(targets).__name__}")
+    if len(targets) != len(inputs[0]):
+        raise ValueError(f"targets has {len(targets)} labels but the batch has {len(inputs[0])} inputs")
+    positive_float("lr", lr)
+    if autocast_dtype is not None and (not isinstance(autocast_dtype, torch.dtype) or not autocast_dtype.is_floating_point):
+        raise TypeError(f"autocast_dtype must be None or a floating torch.dtype, got {autocast_dtype!r}")
+    dev = get_device(device)
+    net = copy.deepcopy(model).to(dev).train() if copy_model else model
+    xs = tuple(x.to(dev) for x in inputs)
+    ys = targets.to(dev)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = net(*xs)
+            loss = torch.nn.functional.cross_entropy(out.float(), ys) if loss_fn is None else loss_fn(out, ys)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    step.model = net
+    return step

@@ -1,4 +1,4 @@
-"""labkit.compiling: the cost model by hand; torch.compile agrees with eager and fuses the chain."""
+"""labkit.efficiency.compiling: the cost model by hand; torch.compile agrees with eager and fuses the chain."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from labkit.compiling import (
+from labkit.efficiency.compiling import (
     CHAIN_OPS,
     CompileReport,
     break_even_steps,

@@ -21,7 +21,7 @@ from labkit.distill import (
     soft_target_loss,
     soft_targets,
 )
-from labkit.feature_distill import FeatureHint
+from labkit.distill.feature import FeatureHint
 from labkit.models import MLP, SmallCNN, tiny_student
 
 

@@ -1,4 +1,4 @@
-"""labkit.loading: loaders deliver the same data however they are configured; bad settings fail clearly."""
+"""labkit.efficiency.loading: loaders deliver the same data however they are configured; bad settings fail clearly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from labkit.loading import (
+from labkit.efficiency.loading import (
     Augment,
     MemmapDataset,
     Transformed,

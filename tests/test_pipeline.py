@@ -10,17 +10,14 @@ from torch import nn
 
 from labkit.parallel.launch import launch
 from labkit.parallel.pipeline import (
-    LiveActivationMeter,
     bubble_worker,
-    differences,
-    make_problem,
     measured_bubbles,
     partition,
     pipeline_worker,
-    reference_run,
     split_model,
     torch_pipelining_worker,
 )
+from labkit.parallel.problem import LiveActivationMeter, differences, make_problem, reference_run
 
 
 def test_partition_by_hand():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from labkit.data import load_arrays
-from labkit.memory import training_memory
+from labkit.efficiency.memory import training_memory
 from labkit.parallel.data_parallel import build_model, train_single_process
 from labkit.parallel.launch import launch
 from labkit.parallel.zero import STAGES, fsdp_train, zero_memory

@@ -12,7 +12,7 @@ their solution earns nothing. One point per passed exercise; the report is a tex
 CSV in long format (one row per exercise plus a TOTAL row per notebook) that a grade book or a
 spreadsheet can pivot.
 
-Used by ``labkit grade`` and by :mod:`labkit.course` (``labkit course``).
+Used by ``labkit grade`` and by :mod:`labkit.classroom.course` (``labkit course``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ bytes per second one rank can push through the ring (its algorithm bandwidth), a
 all-reduces (:func:`allreduce_sweep`), and lesson 03 checks the model against measured
 data-parallel step times.
 
-Why not :func:`labkit.bench.time_fn` here: its auto-ranging picks how many runs to time from
+Why not :func:`labkit.timing.time_fn` here: its auto-ranging picks how many runs to time from
 the local clock, so two ranks could pick different counts - and a collective that one rank
 calls more often than the other hangs. :func:`time_collective` runs a fixed number of
 repetitions, lines the ranks up with a barrier before each, and keeps the slowest rank's time

@@ -33,9 +33,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from labkit.data import load_arrays
 from labkit.models import MLP
+from labkit.parallel.ring import ring_all_reduce_
 
 MODES = ("naive", "ring", "bucketed", "ddp", "ddp_accumulate", "ddp_no_sync")
 
@@ -198,8 +201,6 @@ def train_single_process(*, steps: int = 5, batch_size: int = 64, lr: float = 0.
 def logging_comm_hook(state: dict, bucket):  # no annotations: DDP checks them literally
     """A DDP communication hook: DDP's own all-reduce-and-average, plus a note in
     ``state['events']`` of when each bucket was launched (to see the overlap with backward)."""
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
     buf = bucket.buffer()
     state["events"].append({"bucket": bucket.index(), "event": "launch", "t": time.perf_counter(),
                             "bytes": buf.numel() * buf.element_size()})
@@ -210,8 +211,6 @@ def wrap_ddp(model: nn.Module, *, bucket_mb: float = 25.0) -> tuple[nn.Module, d
     """``DistributedDataParallel(model)`` with :func:`logging_comm_hook`; returns (ddp, log)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ddp = DDP(model, bucket_cap_mb=bucket_mb)
     log: dict = {"events": []}
     ddp.register_comm_hook(log, logging_comm_hook)
@@ -219,8 +218,6 @@ def wrap_ddp(model: nn.Module, *, bucket_mb: float = 25.0) -> tuple[nn.Module, d
 
 
 def _train_mode(mode: str, *, steps, batch_size, lr, seed, hidden, micro, bucket_mb, data):
-    from labkit.parallel.ring import ring_all_reduce_
-
     rank, p = dist.get_rank(), dist.get_world_size()
     if batch_size % p or (batch_size // p) % micro:
         raise ValueError(f"batch_size {batch_size} must split into {p} ranks x {micro} equal micro-batches")

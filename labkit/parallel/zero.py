@@ -12,7 +12,7 @@ in stages, each rank keeping only a 1/p shard of
 
 Activations are not sharded by any stage (that takes activation checkpointing, or model
 parallelism: lesson 04). :func:`zero_memory` turns one measured step
-(:func:`labkit.memory.training_memory`) into that table; :func:`fsdp_train` runs PyTorch's
+(:func:`labkit.efficiency.memory.training_memory`) into that table; :func:`fsdp_train` runs PyTorch's
 FSDP2 (``torch.distributed.fsdp.fully_shard``, which runs on CPUs with gloo) and measures
 what each rank really holds.
 """
@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from labkit.data import load_arrays
-from labkit.memory import tensor_bytes
+from labkit.metrics import tensor_bytes
 from labkit.parallel.data_parallel import build_model, global_batch, shard_batch
 
 PARTS = ("parameters", "gradients", "optimizer_state", "activations")
@@ -43,7 +43,7 @@ def zero_memory(memory: dict, world_size: int) -> list[dict]:
 
     ``memory`` holds the bytes of one replica's ``parameters``, ``gradients``,
     ``optimizer_state`` and ``activations`` (those of the rank's local batch), e.g. from
-    :func:`labkit.memory.training_memory`. A sharded part costs ``bytes / p`` per rank.
+    :func:`labkit.efficiency.memory.training_memory`. A sharded part costs ``bytes / p`` per rank.
     """
     if not isinstance(memory, dict):
         raise TypeError(f"memory must be a dict of bytes, got {type(memory).__name__}")

@@ -23,7 +23,6 @@ outputs (and accuracy) against fp32. Used by ``notebooks/06_quantization.ipynb``
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +31,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from labkit import timing
 from labkit.export import OnnxModule, compare, export, quantize_onnx, quiet_loggers
-from labkit.metrics import latency, size_on_disk
+from labkit.metrics import inference_call, size_on_disk
+from labkit.quantize.api import DynamicActivationConfig, quantize_
+from labkit.train import evaluate
 
 RUNTIMES = ("fp32", "torch_int8", "onnx_fp32", "onnx_int8", "torchao_int8_dynamic", "torchao_int8_weight_only",
             "labkit_int8")
@@ -118,8 +120,6 @@ def build_runtimes(model: nn.Module, example_inputs, *, names: Sequence[str] = R
             m = torchao_int8(fp32, weight_only=name.endswith("weight_only"), device=dev)
             out[name] = Runtime(name, m, size_on_disk(m), device=dev, note=f"torchao on {dev}")
         else:  # labkit_int8
-            from labkit.quantize.api import DynamicActivationConfig, quantize_
-
             m = quantize_(copy.deepcopy(fp32), DynamicActivationConfig())
             out[name] = Runtime(name, m, size_on_disk(m), note="labkit int8 storage, float compute (a simulation)")
     return out
@@ -137,10 +137,10 @@ def measure_runtimes(runtimes: Mapping[str, Runtime], inputs, *, data: Iterable 
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     on = {n: tuple(t.to(r.device) for t in inputs) for n, r in runtimes.items()}
-    times: dict[str, list[float]] = {n: [] for n in runtimes}
-    for _ in range(rounds):
-        for n, r in runtimes.items():
-            times[n].append(latency(r.module, on[n], device=r.device, min_run_time=min_run_time).median)
+    calls = {n: inference_call(r.module, on[n], r.device) for n, r in runtimes.items()}
+    times = timing.compare({n: run for n, (run, _) in calls.items()}, rounds=rounds,
+                    device={n: dev for n, (_, dev) in calls.items()}, min_run_time=min_run_time, warmup=2,
+                    reference=reference)
     with torch.inference_mode():
         ref_out = runtimes[reference].module(*on[reference]).cpu()
     ref = runtimes[reference]
@@ -149,12 +149,9 @@ def measure_runtimes(runtimes: Mapping[str, Runtime], inputs, *, data: Iterable 
         with torch.inference_mode():
             diff = compare(ref_out, r.module(*on[n]).cpu())["max_abs_diff"]
         row = {"runtime": n, "size_mb": r.size_bytes / 1e6, "size_ratio": ref.size_bytes / r.size_bytes,
-               "latency_ms": statistics.median(times[n]) * 1e3,
-               "speedup": statistics.median(a / b for a, b in zip(times[reference], times[n])),
+               "latency_ms": times[n]["median"] * 1e3, "speedup": times[n]["speedup"],
                "max_abs_diff": diff, "device": r.device, "note": r.note}
         if data is not None:
-            from labkit.train import evaluate
-
             row["accuracy"] = evaluate(r.module, data, device=r.device)["accuracy"]
         rows.append(row)
     return rows

@@ -23,6 +23,7 @@ from labkit.quantize.maths import (
     quantize,
     sqnr_db,
 )
+from labkit.widgets import explorer
 
 
 def grid_data(x: torch.Tensor, *, bits: int = 4, lo: float = -1.0, hi: float = 1.0, symmetric: bool = False) -> dict:
@@ -79,8 +80,6 @@ def quant_explorer(x: torch.Tensor, *, bits: int = 4, lo: float | None = None, h
                    symmetric: bool = False, interactive: bool | None = None):
     """Sliders for bits and the range ``[lo, hi]`` (default: min-max of ``x``) redrawing
     :func:`draw_grid`; one static figure when widgets are unavailable. Returns the widget or None."""
-    from labkit.widgets import explorer
-
     lo = float(x.min()) if lo is None else lo
     hi = float(x.max()) if hi is None else hi
     grid_data(x, bits=bits, lo=lo, hi=hi, symmetric=symmetric)  # validate before building sliders

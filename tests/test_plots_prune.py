@@ -1,4 +1,4 @@
-"""labkit.plots.pruning: each figure draws what it is given, and rejects what it cannot draw."""
+"""labkit.plots.prune: each figure draws what it is given, and rejects what it cannot draw."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from labkit.plots.pruning import plot_accuracy_vs_sparsity, plot_sensitivity, plot_weight_histogram
+from labkit.plots.prune import plot_accuracy_vs_sparsity, plot_sensitivity, plot_weight_histogram
 
 
 def test_weight_histogram_counts_every_weight_and_labels_zeros(gen):

@@ -1,10 +1,10 @@
-"""labkit.plots.quant: the explorer's pure data function (headless), and that each figure draws."""
+"""labkit.plots.quantize: the explorer's pure data function (headless), and that each figure draws."""
 
 import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from labkit.plots.quant import (
+from labkit.plots.quantize import (
     draw_grid,
     grid_data,
     plot_error_vs_bits,

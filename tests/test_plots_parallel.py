@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from labkit.parallel.schedule import Slot, gpipe, one_f_one_b
-from labkit.plots.pipeline import (
+from labkit.plots.parallel import (
     COLOURS,
     gantt_bars,
     plot_gantt,

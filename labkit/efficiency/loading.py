@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from labkit.bench import time_fn
 from labkit.devices import get_device, synchronize
+from labkit.timing import time_fn
 
 
 class Augment:

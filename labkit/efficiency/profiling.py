@@ -18,9 +18,8 @@ A coverage near 1 means nothing hides between the phases (Python glue, logging, 
 that the CPU-side range measures the device's work and not only its launch.
 
 Comparing two ways of doing the same step (checkpointed or not, compiled or not) on a busy
-machine is fairer when they are timed in turns: :func:`compare_times` runs ``labkit.bench.time_fn``
-on each variant, round after round, and keeps each one's median over the rounds, so a slow
-spell of the machine hits every variant instead of one.
+machine is fairer when they are timed in turns: :func:`labkit.timing.compare` does that for
+the lesson's other modules.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from labkit.bench import time_fn
 from labkit.devices import get_device, synchronize
 
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -176,24 +174,3 @@ def profile_training(model: nn.Module, loader: Iterable, optimizer: torch.optim.
         prof.export_chrome_trace(str(path))
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
     return StepProfile(phase_times(prof.events(), steps=steps), wall, steps, table, top_operators(prof), path)
-
-
-def compare_times(fns: dict[str, Callable[[], object]], *, rounds: int = 3, device=None, min_run_time: float = 0.1,
-                  warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function in ``fns``, timed in interleaved rounds.
-
-    Round r times every function once with ``time_fn`` (``min_run_time`` each, after
-    ``warmup`` untimed calls in the first round only); the result for each is the median of its
-    ``rounds`` medians. Ratios between the results are what to quote.
-    """
-    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
-        raise TypeError("fns must be a non-empty dict of name -> callable taking no arguments")
-    _check_int("rounds", rounds, 1)
-    _check_int("warmup", warmup, 0)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    medians: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(rounds):
-        for name, fn in fns.items():
-            t = time_fn(fn, device=dev, min_run_time=min_run_time, warmup=warmup if r == 0 else 0, label=str(name))
-            medians[name].append(t.median)
-    return {name: float(torch.tensor(ts, dtype=torch.float64).median()) for name, ts in medians.items()}

@@ -1,4 +1,4 @@
-"""labkit.transfer_set: hiding labels, caching the teacher, pseudo-labels and shifted copies."""
+"""labkit.distill.transfer_set: hiding labels, caching the teacher, pseudo-labels and shifted copies."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labkit.models import MLP, SmallCNN
-from labkit.transfer_set import (
+from labkit.distill.transfer_set import (
     IGNORE_INDEX,
     few_labels,
     pseudo_labels,
     shifted_copies,
     teacher_logits,
 )
+from labkit.models import MLP, SmallCNN
 
 
 def test_few_labels_stratified_and_repeatable():

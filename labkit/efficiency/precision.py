@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from labkit.profiling import compare_times
+from labkit.timing import compare
+from labkit.train import make_train_step
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -166,18 +167,15 @@ def autocast_step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise ValueError("dtypes must not be empty")
     dev = x.device
     loss_fn = loss_fn or nn.functional.cross_entropy
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
 
     def runner(dt):
+        cast = None if dt == torch.float32 else dt
+        if train:
+            return make_train_step(model, x, y, loss_fn=loss_fn, lr=lr, device=dev, autocast_dtype=cast, copy_model=False)
+
         def run():
-            with torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
-                if not train:
-                    with torch.no_grad():
-                        return model(x)
-                loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=dt, enabled=cast is not None), torch.no_grad():
+                return model(x)
         return run
 
     fns = {}
@@ -185,7 +183,7 @@ def autocast_step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         _check_dtype(dt)
         if dt == torch.float32 or autocast_supported(dev.type, dt):
             fns[str(dt).replace("torch.", "")] = runner(dt)
-    times = compare_times(fns, rounds=rounds, device=dev, min_run_time=min_run_time / rounds) if fns else {}
+    times = {k: t["median"] for k, t in compare(fns, rounds=rounds, device=dev, min_run_time=min_run_time / rounds).items()} if fns else {}
     rows = [{"dtype": str(dt).replace("torch.", ""), "seconds": times.get(str(dt).replace("torch.", ""), math.nan)}
             for dt in dtypes]
     base = rows[0]["seconds"]

@@ -1,4 +1,4 @@
-"""labkit.bench additions for lesson 01: roofline formula, one training step per device, the
+"""labkit.hardware additions for lesson 01: roofline formula, one training step per device, the
 synchronization pitfall, and devices.synchronize on XLA. Checked against hand-worked values, a
 manual SGD step, and a fake asynchronous device."""
 
@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import bench as B
 from labkit import devices as D
+from labkit import hardware as B
+from labkit import train
 from labkit.models import MLP, SmallCNN
 
 # --- roofline -------------------------------------------------------------------------------------
@@ -28,7 +29,7 @@ def test_attainable_gflops_worked_example():
 
 @pytest.mark.parametrize("args", [(0, 1, 1), (1, -1, 1), (1, 1, 0)])
 def test_attainable_gflops_bad_input(args):
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="must be a number > 0"):
         B.attainable_gflops(*args)
     with pytest.raises(TypeError):
         B.attainable_gflops("1", 1, 1)
@@ -54,7 +55,7 @@ def test_train_step_matches_a_manual_sgd_step(gen):
     model = MLP(hidden=(16,))
     x, y = _batch(gen, model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    step = B.make_train_step(model, x, y, device="cpu", lr=0.1)
+    step = train.make_train_step(model, x, y, device="cpu", lr=0.1)
     loss = step()
     # reference: the same step by hand on the original weights
     ref = MLP(hidden=(16,))
@@ -75,7 +76,7 @@ def test_train_steps_reduce_the_loss(gen):
     torch.manual_seed(0)
     model = MLP(hidden=(32,))
     x, y = _batch(gen, model, 16)
-    step = B.make_train_step(model, (x,), y, lr=0.1)
+    step = train.make_train_step(model, (x,), y, lr=0.1)
     first = step().item()
     for _ in range(30):
         last = step().item()
@@ -86,8 +87,8 @@ def test_train_step_bf16_autocast_is_close_to_fp32(gen):
     torch.manual_seed(0)
     model = MLP(hidden=(32,))
     x, y = _batch(gen, model)
-    fp32 = B.make_train_step(model, x, y)().item()
-    bf16 = B.make_train_step(model, x, y, autocast_dtype=torch.bfloat16)().item()
+    fp32 = train.make_train_step(model, x, y)().item()
+    bf16 = train.make_train_step(model, x, y, autocast_dtype=torch.bfloat16)().item()
     assert bf16 == pytest.approx(fp32, rel=0.05)
 
 
@@ -96,7 +97,7 @@ def test_train_step_bf16_autocast_is_close_to_fp32(gen):
     ({"inputs": [1, 2]}, TypeError, "inputs must be a tensor"),
     ({"targets": torch.zeros(8)}, TypeError, "int64"),
     ({"targets": torch.zeros(3, dtype=torch.int64)}, ValueError, "3 labels"),
-    ({"lr": 0.0}, ValueError, "lr must be positive"),
+    ({"lr": 0.0}, ValueError, "lr must be a number > 0"),
     ({"autocast_dtype": torch.int8}, TypeError, "autocast_dtype"),
     ({"device": "tpu"}, ValueError, "unknown device"),
 ])
@@ -105,7 +106,7 @@ def test_make_train_step_bad_input(gen, kwargs, err, match):
     x, y = _batch(gen, model)
     args = {"model": model, "inputs": x, "targets": y, **kwargs}
     with pytest.raises(err, match=match):
-        B.make_train_step(args.pop("model"), args.pop("inputs"), args.pop("targets"), **args)
+        train.make_train_step(args.pop("model"), args.pop("inputs"), args.pop("targets"), **args)
 
 
 def test_time_train_step_and_by_device(gen):

@@ -1,4 +1,4 @@
-"""labkit.feature_distill: hooks capture the right layers, the regressor fits, the hint loss is MSE."""
+"""labkit.distill.feature: hooks capture the right layers, the regressor fits, the hint loss is MSE."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.feature_distill import FeatureHint, make_regressor
+from labkit.distill.feature import FeatureHint, make_regressor
 from labkit.models import MLP, SmallCNN, tiny_student
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import torch
 
-from labkit.profiling import compare_times
+from labkit.timing import compare
 
 IMPLEMENTATIONS = ("for-loop", "foreach", "fused")
 
@@ -152,6 +152,6 @@ def step_speed(params: list[torch.nn.Parameter], *, name: str = "adam", lr: floa
     steps = {impl: torch_optimizer(name, params, implementation=impl, lr=lr).step for impl in IMPLEMENTATIONS}
     if scratch:
         steps["labkit scratch"] = (ScratchAdam if name.startswith("adam") else ScratchSGD)(params, lr=lr).step
-    times = compare_times(steps, rounds=rounds, device=dev, min_run_time=min_run_time / rounds)
+    times = {k: t["median"] for k, t in compare(steps, rounds=rounds, device=dev, min_run_time=min_run_time / rounds).items()}
     base = times["for-loop"]
     return [{"implementation": k, "seconds": v, "speedup": base / v if v > 0 else math.inf} for k, v in times.items()]

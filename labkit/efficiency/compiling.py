@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from labkit.devices import synchronize
-from labkit.profiling import compare_times
+from labkit.timing import compare
+from labkit.train import make_train_step
 
 # The fusion example: add a bias, GELU, scale, add the input back (a residual).
 # (tensors read, tensors written) per eager op, counting only full-size tensors:
@@ -99,7 +100,7 @@ def compare_compiled(eager_fn: Callable[[], object], compiled_fn: Callable[[], o
     """Time ``compiled_fn``'s first call (which compiles), then both functions' steady steps.
 
     ``compile_seconds = first call - one compiled step``. Steady steps are timed in ``rounds``
-    interleaved rounds (``labkit.profiling.compare_times``). If compiling raises (no C++
+    interleaved rounds (``labkit.timing.compare``). If compiling raises (no C++
     compiler, an unsupported operation), the error is caught and reported in the result.
     """
     if not callable(eager_fn) or not callable(compiled_fn):
@@ -111,12 +112,12 @@ def compare_compiled(eager_fn: Callable[[], object], compiled_fn: Callable[[], o
         synchronize(dev)
     except Exception as err:  # e.g. torch._inductor.exc.InvalidCxxCompiler, BackendCompilerFailed
         last = str(err).strip().splitlines()
-        eager = compare_times({"eager": eager_fn}, rounds=1, device=dev, min_run_time=min_run_time)["eager"]
+        eager = compare({"eager": eager_fn}, rounds=1, device=dev, min_run_time=min_run_time)["eager"]["median"]
         return CompileReport(label, math.nan, eager, math.nan, f"{type(err).__name__}: {last[0] if last else ''}"[:300])
     first = time.perf_counter() - start
-    t = compare_times({"eager": eager_fn, "compiled": compiled_fn}, rounds=rounds, device=dev,
-                      min_run_time=min_run_time / rounds)
-    return CompileReport(label, max(first - t["compiled"], 0.0), t["eager"], t["compiled"])
+    t = compare({"eager": eager_fn, "compiled": compiled_fn}, rounds=rounds, device=dev, min_run_time=min_run_time / rounds)
+    eager, compiled = t["eager"]["median"], t["compiled"]["median"]
+    return CompileReport(label, max(first - compiled, 0.0), eager, compiled)
 
 
 def compile_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: Callable | None = None,
@@ -127,21 +128,10 @@ def compile_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     so ``model`` itself stays eager."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    twin = copy.deepcopy(model)
-    compiled = torch.compile(twin, mode=mode)
-
-    def stepper(m, params):
-        opt = torch.optim.SGD(params, lr=lr)
-
-        def step():
-            loss = loss_fn(m(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step
-
-    return compare_compiled(stepper(model, model.parameters()), stepper(compiled, twin.parameters()),
+    compiled = torch.compile(copy.deepcopy(model), mode=mode)
+    eager_step, compiled_step = (make_train_step(m, x, y, loss_fn=loss_fn or nn.functional.cross_entropy, lr=lr,
+                                                 device=x.device, copy_model=False) for m in (model, compiled))
+    return compare_compiled(eager_step, compiled_step,
                             label=f"{type(model).__name__} training step", device=x.device, min_run_time=min_run_time,
                             rounds=rounds)
 

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.devices import get_device
-
-IGNORE_INDEX = -100
+from labkit.distill.loss import IGNORE_INDEX
 
 
 def _check_labels(labels) -> None:

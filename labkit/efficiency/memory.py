@@ -35,22 +35,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from labkit.profiling import compare_times
-
-
-def _storage_key(t: torch.Tensor) -> tuple[int, int]:
-    s = t.untyped_storage()
-    return (s.data_ptr(), s.nbytes())
-
-
-def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (views and repeats counted once)."""
-    seen = {}
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"expected tensors, got {type(t).__name__}")
-        seen[_storage_key(t)] = t.untyped_storage().nbytes()
-    return sum(seen.values())
+from labkit.metrics import storage_key, tensor_bytes
+from labkit.timing import compare
 
 
 def parameter_bytes(model: nn.Module) -> int:
@@ -87,13 +73,13 @@ class SavedTensorMeter:
     """
 
     def __init__(self, *, exclude: Iterable[torch.Tensor] = ()):
-        self._excluded = {_storage_key(t) for t in exclude}
+        self._excluded = {storage_key(t) for t in exclude}
         self._saved: dict[tuple[int, int], torch.UntypedStorage] = {}
         self._params: set[tuple[int, int]] = set()
         self._hooks = None
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
+        key = storage_key(t)
         if key in self._excluded:
             self._params.add(key)
         else:
@@ -267,8 +253,9 @@ def checkpoint_sweep(sequential: nn.Sequential, x: torch.Tensor, y: torch.Tensor
         return run
 
     nbytes = {k: saved_activation_bytes(m, x) for k, m in models.items()}
-    times = compare_times({k: fwd_bwd(m) for k, m in models.items()}, rounds=rounds, device=x.device,
-                          min_run_time=min_run_time / rounds)
+    timed = compare({k: fwd_bwd(m) for k, m in models.items()}, rounds=rounds, device=x.device,
+                    min_run_time=min_run_time / rounds)
+    times = {k: t["median"] for k, t in timed.items()}
     plain = {"bytes": nbytes["plain"], "seconds": times["plain"]}
     points = [{"segments": s, "bytes": nbytes[s], "seconds": times[s], "memory_ratio": nbytes[s] / plain["bytes"],
                "time_ratio": times[s] / plain["seconds"]} for s in segments]

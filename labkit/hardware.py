@@ -1,31 +1,24 @@
-"""Timing done right, and the figures of lesson ``01_cpu_vs_gpu_tpu``.
+"""The figures of lesson ``01_cpu_vs_gpu_tpu``: what the hardware can do, measured.
 
-Every time in the course goes through :func:`time_fn`. It is built on
-``torch.utils.benchmark.Timer`` (warm-up, a fixed thread count, blocked auto-ranging) and
-synchronizes accelerators around each measured block, because on a GPU or TPU a kernel launch
-returns long before the work is done. It reports the median and the inter-quartile range,
-never a single run: these machines are noisy.
-
-Also here: matmul GFLOP/s, memory-bound elementwise bandwidth, an estimate of the CPU's
-theoretical peak (with its assumptions spelled out), host<->device copy bandwidth, and FLOP
-counts through ``torch.utils.flop_counter``.
+Matmul GFLOP/s against size (:func:`matmul_sweep`), memory-bound elementwise bandwidth, an
+estimate of the CPU's theoretical peak (with its assumptions spelled out), host<->device copy
+bandwidth, the roofline ``min(peak, bandwidth x intensity)``, thread scaling, one training step
+per device, and the synchronization pitfall. Every time goes through :func:`labkit.timing.time_fn`;
+FLOPs are counted by :func:`labkit.metrics.count_flops`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from torch.utils import benchmark
-from torch.utils.flop_counter import FlopCounterMode
 
+from labkit._args import positive_float, positive_int
 from labkit.devices import (
-    _validate,
     available_devices,
     cpu_cores,
     cpu_flags,
@@ -33,80 +26,8 @@ from labkit.devices import (
     get_device,
     synchronize,
 )
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Result of :func:`time_fn`; all times in seconds."""
-
-    label: str
-    median: float
-    iqr: float  # inter-quartile range: the spread
-    mean: float
-    runs: int  # measured blocks
-    threads: int
-    times: tuple[float, ...] = field(repr=False, default=())
-
-    @property
-    def spread(self) -> float:
-        """IQR relative to the median (0.05 = 5 %)."""
-        return self.iqr / self.median if self.median > 0 else math.inf
-
-    def __str__(self) -> str:
-        return f"{self.label}: median {self.median * 1e3:.3f} ms (IQR {self.iqr * 1e3:.3f} ms, {self.runs} runs, {self.threads} threads)"
-
-
-def _check_positive(name: str, value, kind=(int, float)):
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-
-
-def time_fn(
-    fn: Callable[[], object],
-    *,
-    device: str | torch.device | None = "cpu",
-    label: str = "",
-    warmup: int = 2,
-    min_run_time: float = 0.2,
-    threads: int | None = None,
-) -> Timing:
-    """Time ``fn()`` and return a :class:`Timing` (median and spread over measured blocks).
-
-    ``device`` is where ``fn`` runs: it is synchronized after every call, so the time includes
-    the work and not only its launch. ``threads`` defaults to ``torch.get_num_threads()``.
-    """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    _check_positive("min_run_time", min_run_time)
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    dev = _validate(device) if device is not None else torch.device("cpu")
-    threads = torch.get_num_threads() if threads is None else threads
-    _check_positive("threads", threads, int)
-
-    def run():
-        fn()
-        synchronize(dev)
-
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        for _ in range(warmup):
-            run()
-        timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads, label=label)
-        m = timer.blocked_autorange(min_run_time=min_run_time)
-    finally:
-        torch.set_num_threads(previous)
-    times = tuple(m.times)
-    if len(times) >= 4:
-        q = torch.tensor(times, dtype=torch.float64).quantile(torch.tensor([0.25, 0.75], dtype=torch.float64))
-        iqr = float(q[1] - q[0])
-    else:
-        iqr = m.iqr
-    return Timing(label, m.median, iqr, m.mean, len(times), threads, times)
-
+from labkit.timing import Timing, time_fn
+from labkit.train import make_train_step
 
 # --- compute-bound and memory-bound kernels ------------------------------------------------------
 
@@ -115,7 +36,7 @@ def matmul_gflops(
     n: int, *, dtype: torch.dtype = torch.float32, device=None, min_run_time: float = 0.2, threads: int | None = None
 ) -> dict:
     """Achieved GFLOP/s of an ``n x n @ n x n`` matmul (2 n^3 FLOPs) on ``device``."""
-    _check_positive("n", n, int)
+    positive_int("n", n)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     dev = get_device(device)
@@ -143,7 +64,7 @@ def matmul_sweep(
 
 def elementwise_gbps(numel: int, *, device=None, dtype=torch.float32, min_run_time: float = 0.2) -> dict:
     """Bandwidth of ``y = x + 1`` (reads and writes ``numel`` elements: memory bound)."""
-    _check_positive("numel", numel, int)
+    positive_int("numel", numel)
     dev = get_device(device)
     x = torch.randn(numel, device=dev, dtype=dtype)
     out = torch.empty_like(x)
@@ -155,7 +76,7 @@ def elementwise_gbps(numel: int, *, device=None, dtype=torch.float32, min_run_ti
 
 def copy_bandwidth(nbytes: int = 64 << 20, *, device=None, pinned: bool = True, min_run_time: float = 0.2) -> dict | None:
     """Host->device and device->host copy GB/s, or None when ``device`` is the CPU itself."""
-    _check_positive("nbytes", nbytes, int)
+    positive_int("nbytes", nbytes)
     dev = get_device(device)
     if dev.type == "cpu":
         return None
@@ -216,7 +137,7 @@ def cpu_peak_gflops(
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"peak is estimated for float32 or float64, got {dtype}")
-    _check_positive("fma_units", fma_units, int)
+    positive_int("fma_units", fma_units)
     flags = cpu_flags() if flags is None else flags
     notes = []
     if cores is None:
@@ -245,19 +166,6 @@ def cpu_peak_gflops(
 # --- FLOP counting and thread scaling -------------------------------------------------------------
 
 
-def count_flops(model: torch.nn.Module, inputs: tuple | torch.Tensor, *, backward: bool = False) -> int:
-    """FLOPs of one forward (and backward, if asked) pass, counted by ``torch.utils.flop_counter``."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        out = model(*inputs)
-        if backward:
-            out.sum().backward()
-    return int(counter.get_total_flops())
-
-
 def thread_scaling(fn: Callable[[], object], threads: Sequence[int] | None = None, *, min_run_time: float = 0.2) -> list[dict]:
     """Median time of ``fn`` with 1..N intra-op threads, and the speed-up over one thread."""
     threads = list(range(1, cpu_cores() + 1)) if threads is None else list(threads)
@@ -268,12 +176,6 @@ def thread_scaling(fn: Callable[[], object], threads: Sequence[int] | None = Non
     for r in rows:
         r["speedup"] = base / r["seconds"]
     return rows
-
-
-def cpu_threads_env() -> dict:
-    """Thread settings that change timings, for a report."""
-    return {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}
 
 
 # --- the roofline, one training step per device, and the synchronization pitfall ----------------
@@ -287,54 +189,8 @@ def attainable_gflops(intensity: float, peak_gflops: float, bandwidth_gbs: float
     point ``peak / bandwidth`` it is memory-bound, above it compute-bound (``01_cpu_vs_gpu_tpu``).
     """
     for name, value in (("intensity", intensity), ("peak_gflops", peak_gflops), ("bandwidth_gbs", bandwidth_gbs)):
-        _check_positive(name, value)
+        positive_float(name, value)
     return min(peak_gflops, bandwidth_gbs * intensity)
-
-
-def _as_inputs(inputs) -> tuple[torch.Tensor, ...]:
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
-    if not isinstance(inputs, (tuple, list)) or not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise TypeError("inputs must be a tensor or a non-empty tuple of tensors (e.g. model.example_inputs())")
-    return tuple(inputs)
-
-
-def make_train_step(model: torch.nn.Module, inputs, targets: torch.Tensor, *, device=None, lr: float = 0.01,
-                    autocast_dtype: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
-    """Return ``step()``: one SGD training step of a *copy* of ``model`` on ``device``.
-
-    One step = forward, cross-entropy loss against ``targets``, backward, ``p -= lr * p.grad``
-    (``torch.optim.SGD``). The caller's model is left untouched; the copy that trains is
-    ``step.model``. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass under
-    ``torch.autocast`` for that device. ``step()`` returns the loss (a tensor, not synchronized).
-    Used by :func:`time_train_step` in ``01_cpu_vs_gpu_tpu``.
-    """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    inputs = _as_inputs(inputs)
-    if not isinstance(targets, torch.Tensor) or targets.dtype != torch.int64:
-        raise TypeError("targets must be an int64 tensor of class indices")
-    if len(targets) != len(inputs[0]):
-        raise ValueError(f"targets has {len(targets)} labels but the batch has {len(inputs[0])} inputs")
-    _check_positive("lr", lr)
-    if autocast_dtype is not None and (not isinstance(autocast_dtype, torch.dtype) or not autocast_dtype.is_floating_point):
-        raise TypeError(f"autocast_dtype must be None or a floating torch.dtype, got {autocast_dtype!r}")
-    dev = get_device(device)
-    net = copy.deepcopy(model).to(dev).train()
-    xs = tuple(x.to(dev) for x in inputs)
-    ys = targets.to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
-
-    def step() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = net(*xs)
-        loss = torch.nn.functional.cross_entropy(out.float(), ys)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    step.model = net
-    return step
 
 
 def time_train_step(model: torch.nn.Module, inputs, targets: torch.Tensor, *, device=None, lr: float = 0.01,
