@@ -52,12 +52,12 @@ print("broken on purpose: {module}.{name}")
 
 # lesson -> (module, function, a broken version named _broken; it may call _original)
 BROKEN = {
-    "01": ("labkit.bench", "matmul_gflops", '''
+    "01": ("labkit.hardware", "matmul_gflops", '''
 def _broken(*args, **kwargs):
     """GFLOP/s counting the n^3 multiply-adds as the FLOPs (2 n^3 are)."""
     row = _original(*args, **kwargs)
     return {**row, "gflops": row["gflops"] / 2}'''),
-    "02": ("labkit.memory", "accumulation_step", '''
+    "02": ("labkit.efficiency.memory", "accumulation_step", '''
 def _broken(model, optimizer, x, y, *, micro_batches, loss_fn=None):
     """Gradient accumulation that forgets to weight each micro-batch's loss by its share."""
     if micro_batches <= 0:
@@ -91,7 +91,7 @@ def _broken(weight, amount):
 def _broken(x, scale, zero_point):
     """Quantization without rounding: the cast to integers truncates x / s + z."""
     return torch.trunc(x.float() * (1.0 / scale.float()) + zero_point.float())'''),
-    "07": ("labkit.distill", "distillation_loss", '''
+    "07": ("labkit.distill.loss", "distillation_loss", '''
 def _broken(student_logits, teacher_logits, labels, *, temperature, alpha, ignore_index=-100):
     """Distillation that ignores the teacher: plain cross-entropy on the labels."""
     return torch.nn.functional.cross_entropy(student_logits, labels, ignore_index=ignore_index)'''),

@@ -35,7 +35,7 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STATE = {
     "00": ['mnist = data.load_dataset("mnist_subset")\n'
            'loaders = data.make_loaders(mnist, batch_size=64, generator=train.seed_everything(0))'],
-    "01": ['sweep = bench.matmul_sweep((16, 64), (torch.float32,), device="cpu", min_run_time=0.01)'],
+    "01": ['sweep = hardware.matmul_sweep((16, 64), (torch.float32,), device="cpu", min_run_time=0.01)'],
     "02": ["m = models.MLP((64,), hidden=(64, 64), num_classes=10)\n"
            "breakdown = {'Adam': memory.training_memory(m, torch.optim.Adam(m.parameters()), torch.randn(32, 64),\n"
            "                                            torch.randint(0, 10, (32,)))}\n"
