@@ -16,6 +16,7 @@ simulator of 04). Each run costs about a minute of CPU: the lessons run once eac
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -140,5 +141,7 @@ def test_final_asserts_catch_the_broken_technique(lesson):
     assert len(errors) == 1 and errors[0][0] == code[-1], f"stopped in cell {errors[0][0] if errors else None}, " \
         f"not the final asserts (cell {code[-1]}): {errors}"
     assert errors[0][1][0] == "AssertionError", errors
-    tb = "\n".join(o.get("traceback", [""])[-2:][0] for o in nb.cells[code[-1]].outputs if o.get("output_type") == "error")
-    print(f"lesson {lesson}: the final asserts failed as they should: {tb[-300:]}")
+    tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(line for o in nb.cells[code[-1]].outputs
+                                                  if o.get("output_type") == "error" for line in o["traceback"]))
+    failed = next((line.strip() for line in tb.splitlines() if line.lstrip().startswith("---->")), "?")
+    print(f"lesson {lesson}: the final asserts failed as they should, at {failed}")
