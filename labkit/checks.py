@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import traceback
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from IPython import get_ipython
+from IPython.display import display
 
 from labkit import _args
 
@@ -68,26 +71,104 @@ class CheckResult:
         return (f'<div style="border-left:4px solid {colour};padding:4px 8px">'
                 f"<b style='color:{colour}'>{self.status.upper()}</b> exercise {self.exercise}: {self.message}{hint}</div>")
 
+    def _ipython_display_(self) -> None:
+        """Show the banner, unless :func:`check` already showed it in the cell running now.
 
-def _close(got: Any, expected: Any, rtol: float, atol: float) -> bool:
-    if isinstance(expected, torch.Tensor) or isinstance(got, torch.Tensor):
-        g, e = torch.as_tensor(got), torch.as_tensor(expected)
-        if g.shape != e.shape:
-            return False
-        if g.dtype == torch.bool or e.dtype == torch.bool or not (g.is_floating_point() or e.is_floating_point()):
-            return bool(torch.equal(g.to(e.dtype), e))
-        return bool(torch.allclose(g.double(), e.double(), rtol=rtol, atol=atol))
+        ``check(...)`` as a cell's last expression would otherwise appear twice: once from
+        ``check`` itself and once from Jupyter echoing the returned value. Showing the same
+        result again in a later cell still works.
+        """
+        shell = _shell()
+        if shell is not None and getattr(self, "_shown_in", None) == shell.execution_count:
+            return
+        _show(self, shell)
+
+
+def _shell():
+    """The running IPython shell (a notebook's kernel), or None in plain Python."""
+    return get_ipython()
+
+
+def _show(result: CheckResult, shell) -> None:
+    """Display ``result`` once (HTML in Jupyter, text elsewhere) and remember the cell it was shown in."""
+    if shell is None:
+        print(result)
+        return
+    display({"text/plain": str(result), "text/html": result._repr_html_()}, raw=True)
+    object.__setattr__(result, "_shown_in", shell.execution_count)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _tensor_difference(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> str:
+    if got.dtype != expected.dtype:
+        return f"dtype {got.dtype}, expected {expected.dtype}"
+    if got.shape != expected.shape:
+        return f"shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    g, e = got.detach().cpu(), expected.detach().cpu()
+    if g.is_floating_point() or g.is_complex():
+        bad = ~torch.isclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
+    else:
+        bad = g != e
+    if not bad.any():
+        return ""
+    where = tuple(bad.nonzero()[0].tolist())
+    return (f"{int(bad.sum())} of {bad.numel()} values differ, first at index {where}: "
+            f"got {g[where].item()!r}, expected {e[where].item()!r}")
+
+
+def _difference(got: Any, expected: Any, rtol: float, atol: float) -> str:
+    """"" when ``got`` matches ``expected``, else what differed (used by :func:`check`).
+
+    Tensors must agree in dtype and shape exactly (a float tensor is not a bool mask, an unrounded
+    float is not an integer code, a (6, 7) is not a (42,)), then in value: with tolerance
+    ``|got - expected| <= atol + rtol * |expected|`` for floating dtypes, exactly otherwise.
+    Python numbers: an int expected must come back as that exact int; a float expected allows
+    the same tolerance. Lists, tuples and dicts are compared item by item.
+    """
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            return f"got a {type(got).__name__}, expected a tensor"
+        return _tensor_difference(got, expected, rtol, atol)
     if isinstance(expected, np.ndarray):
-        return _close(torch.as_tensor(np.asarray(got)), torch.as_tensor(expected), rtol, atol)
+        got_array = np.asarray(got)
+        if got_array.shape != expected.shape:
+            return f"shape {got_array.shape}, expected {expected.shape}"
+        return _tensor_difference(torch.as_tensor(got_array, dtype=torch.as_tensor(expected).dtype),
+                                  torch.as_tensor(expected), rtol, atol)
     if isinstance(expected, (list, tuple)):
-        return (isinstance(got, (list, tuple)) and len(got) == len(expected)
-                and all(_close(g, e, rtol, atol) for g, e in zip(got, expected)))
+        if not isinstance(got, (list, tuple)):
+            return f"got a {type(got).__name__}, expected a {type(expected).__name__}"
+        if len(got) != len(expected):
+            return f"got {len(got)} items, expected {len(expected)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            if why := _difference(g, e, rtol, atol):
+                return f"item {i}: {why}"
+        return ""
     if isinstance(expected, dict):
-        return isinstance(got, dict) and got.keys() == expected.keys() and all(
-            _close(got[k], expected[k], rtol, atol) for k in expected)
-    if isinstance(expected, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        return math.isclose(got, expected, rel_tol=rtol, abs_tol=atol)
-    return got == expected
+        if not isinstance(got, dict):
+            return f"got a {type(got).__name__}, expected a dict"
+        if got.keys() != expected.keys():
+            return f"keys {sorted(map(str, got))}, expected {sorted(map(str, expected))}"
+        for k in expected:
+            if why := _difference(got[k], expected[k], rtol, atol):
+                return f"[{k!r}]: {why}"
+        return ""
+    if _number(expected) and not isinstance(expected, numbers.Integral):
+        if not _number(got):
+            return f"got {_short(got)} ({type(got).__name__}), expected the number {expected!r}"
+        return "" if math.isclose(got, expected, rel_tol=rtol, abs_tol=atol) else f"got {got!r}, expected {expected!r}"
+    if _number(expected):  # an int: counts, sizes, codes are exact
+        if not _number(got) or not isinstance(got, numbers.Integral):
+            return f"got {_short(got)} ({type(got).__name__}), expected the int {expected!r}"
+        return "" if got == expected else f"got {got!r}, expected {expected!r}"
+    if isinstance(expected, bool) and not isinstance(got, (bool, np.bool_)):
+        return f"got {_short(got)} ({type(got).__name__}), expected the bool {expected!r}"
+    if (expected is None or isinstance(expected, str)) and type(got) is not type(expected):
+        return f"got {_short(got)} ({type(got).__name__}), expected {_short(expected)}"
+    return "" if got == expected else f"got {_short(got)}, expected {_short(expected)}"
 
 
 def _short(value: Any) -> str:
@@ -131,23 +212,14 @@ def check(exercise: str, attempt: Callable[[], Any], *, expected: Any = None,
                 else:
                     ok, why = bool(verdict), f"got {_short(got)}"
             else:
-                ok = _close(got, expected, rtol, atol)
-                why = "" if ok else f"got {_short(got)}, expected {_short(expected)}"
+                why = _difference(got, expected, rtol, atol)
+                ok = why == ""
         except Exception as err:
             ok, why = False, f"could not judge the result {_short(got)}: {err}"
         result = CheckResult(exercise, PASS if ok else FAIL, "correct" if ok else why, hint)
     _log(result)
     if not quiet:
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-
-            if get_ipython() is not None:
-                display(result)
-            else:
-                print(result)
-        except ImportError:
-            print(result)
+        _show(result, _shell())
     return result
 
 

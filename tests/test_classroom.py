@@ -30,7 +30,7 @@ from labkit.classroom import (
     student_cell_source,
     verdicts_from_log,
 )
-from labkit.classroom.grading import CSV_COLUMNS
+from labkit.classroom.grading import CSV_COLUMNS, splice_solutions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "classroom"
 SOURCE = FIXTURES / "01_fixture.ipynb"
@@ -165,12 +165,30 @@ def test_restore_checks_brings_back_hidden_tests_and_edited_checks():
     src.cells.insert(6, new_code_cell('check("T.5 again", lambda: add(1, 1), expected=2)', id="cell-check"))
     student = make_student(src)
     student.cells[6].source = 'check("T.5 again", lambda: 2, expected=2)'  # the learner "fixed" the check
+    student.cells[5].source = student.cells[5].source.replace("expected=0.5", "expected=1.0")
     restored = restore_checks(student, src)
-    ids = [c.id for c in restored.cells]
-    assert ids == [c.id for c in student.cells[:6]] + ["cell-5-hidden"] + [c.id for c in student.cells[6:]]
-    assert restored.cells[ids.index("cell-check")].source == src.cells[6].source
-    assert restored.cells[6].source == 'check("T.4 add negatives", lambda: add(-2, -3), expected=-5)'
+    assert [c.id for c in restored.cells] == [c.id for c in student.cells]
+    assert restored.cells[6].source == src.cells[6].source
+    # the solution cell: the instructor's source (its check and hidden test), the learner's stub inside
+    assert restored.cells[5].source == src.cells[5].source.replace(
+        "    return 1 - mask.float().mean().item()", "    # YOUR CODE HERE\n    raise NotImplementedError")
     assert student.cells[6].source == 'check("T.5 again", lambda: 2, expected=2)'  # a copy was changed
+
+
+def test_splice_keeps_the_learners_code_and_the_instructors_checks():
+    src = source_nb().cells[3].source
+    learner = make_student(source_nb()).cells[3].source
+    learner = learner.replace("            # YOUR CODE HERE\n            raise NotImplementedError",
+                              "            if x % 2:\n                continue\n\n            n += 1")
+    learner = learner.replace("lambda: Counter().count_evens([1, 2, 3, 4])", "lambda: 2")  # an edited check
+    learner += '\ncheck("T.2 evens", lambda: 2, test=bool)'  # and an extra one
+    assert splice_solutions(src, learner) == src.replace(
+        "            if x % 2 == 0:\n                n += 1",
+        "            if x % 2:\n                continue\n\n            n += 1")
+    assert splice_solutions(src, src) == src  # the instructor's own cell, markers and all
+    deleted_check = "def sparsity(mask):\n    return 0.5\n"
+    assert splice_solutions(source_nb().cells[5].source, deleted_check) == source_nb().cells[5].source.replace(
+        "return 1 - mask.float().mean().item()", "return 0.5")
 
 
 # ---------------------------------------------------------------- grading (real kernels)
@@ -180,7 +198,7 @@ STUB = "    # YOUR CODE HERE\n    raise NotImplementedError"
 
 def _learner(path: Path) -> Path:
     """A learner's work on the student copy: T.1 right for positives only (so hidden T.4 errs),
-    a crashing cell of their own, T.2 wrong, T.3's check deleted."""
+    a crashing cell of their own, T.2 wrong, T.3 right but its check deleted (grading restores it)."""
     nb = make_student(source_nb())
     nb.cells[2].source = nb.cells[2].source.replace(STUB, "    return a + b if a > 0 else a.bad")
     nb.cells[3].source = nb.cells[3].source.replace(STUB.replace("    ", " " * 12), "            n += x")
@@ -215,24 +233,24 @@ def test_grading_the_student_copy_reports_not_done_and_runs_to_the_end(graded):
     run = graded[1].runs[1]
     assert _status(run) == {"T.1 add": "not done", "T.2 evens": "not done", "T.3 sparsity": "not done",
                             "T.4 add negatives": "not done"}  # T.4: the hidden test, restored from the source
-    assert run.ran_to_end and run.errors == [] and run.cells_run == run.cells == 7
+    assert run.ran_to_end and run.errors == [] and run.cells_run == run.cells == 6
     last = run.nb.cells[-1]
     assert "lesson checks passed" in last.outputs[0]["text"]  # the final cell ran and printed
 
 
 def test_one_broken_cell_does_not_hide_later_exercises(graded):
     run = graded[1].runs[2]
-    assert _status(run) == {"T.1 add": "pass", "T.2 evens": "fail", "T.3 sparsity": "missing",
+    assert _status(run) == {"T.1 add": "pass", "T.2 evens": "fail", "T.3 sparsity": "pass",
                             "T.4 add negatives": "error"}
     assert run.ran_to_end and len(run.errors) == 1 and "cell 3: NameError" in run.errors[0]
-    assert run.state == "1 cell error(s)" and run.passed == 1
+    assert run.state == "1 cell error(s)" and run.passed == 2
 
 
 def test_report_totals_table_and_feedback(graded):
     tmp, report = graded
-    assert (report.points, report.max_points) == (5, 12)
+    assert (report.points, report.max_points) == (6, 12)
     table = report.table()
-    assert "total (ran to end)" in table and table.splitlines()[-1].split()[-1] == "5/12"
+    assert "total (ran to end)" in table and table.splitlines()[-1].split()[-1] == "6/12"
     assert "not done" in table and "! cell 3: NameError" in table
     feedback = nbformat.read(tmp / "feedback" / "learner" / SOURCE.name, as_version=4)
     assert any("NameError" in str(c.get("outputs")) for c in feedback.cells)  # the executed copy, for the learner
@@ -246,9 +264,31 @@ def test_csv_for_a_grade_book(graded, tmp_path):
     assert len(rows) == 3 * (4 + 1)
     totals = [r for r in rows if r["exercise"] == "TOTAL"]
     assert [(r["points"], r["max_points"], r["status"]) for r in totals] == [
-        ("4", "4", "ran to end"), ("0", "4", "ran to end"), ("1", "4", "1 cell error(s)")]
+        ("4", "4", "ran to end"), ("0", "4", "ran to end"), ("2", "4", "1 cell error(s)")]
     assert sum(int(r["points"]) for r in rows if r["exercise"] != "TOTAL") == report.points
     assert rows[7]["status"] == "not done" and "NotImplementedError" in rows[7]["message"]
+
+
+def test_checks_a_learner_adds_copies_plants_or_edits_score_nothing(tmp_path):
+    """Every exercise left undone or wrong, dressed up with checks that would pass if they counted."""
+    nb = make_student(source_nb())
+    copied = nb.cells[2].source.replace("    # YOUR CODE HERE\n    raise NotImplementedError", "    return a + b")
+    nb.cells[3].source = nb.cells[3].source.replace(  # T.2 wrong, with a passing check planted in the body
+        "            # YOUR CODE HERE\n            raise NotImplementedError",
+        '            check("T.2 evens", lambda: 2, test=lambda n: n == 2)\n            n += x')
+    nb.cells[5].source = nb.cells[5].source.replace(  # T.3 not done, its check edited to pass
+        "lambda: sparsity(torch.tensor([1, 0, 0, 1]))", "lambda: 0.5")
+    nb.cells.insert(2, new_code_cell(copied, id="learner-copy"))  # T.1 solved in a copied cell (the stub runs after it)
+    nb.cells.append(new_code_cell('check("T.1 add", lambda: 1, expected=1)\ncheck("T.9 bonus", lambda: 1, expected=1)',
+                                  id="learner-added"))
+    nbformat.write(nb, tmp_path / SOURCE.name)
+    run = grade([tmp_path / SOURCE.name], source_dir=FIXTURES, timeout=120).runs[0]
+    assert _status(run) == {"T.1 add": "not done", "T.2 evens": "fail", "T.3 sparsity": "not done",
+                            "T.4 add negatives": "not done"}
+    assert run.passed == 0 and run.ran_to_end and run.errors == []
+    logged = [o["data"]["text/plain"] for c in run.nb.cells for o in c.get("outputs", []) if "data" in o]
+    assert sum("[PASS]" in t for t in logged) == 1 + 4 + 2  # the cheats ran and passed (the planted one
+    # once per loop turn): they just don't count
 
 
 def test_a_notebook_out_of_time_is_reported(tmp_path):

@@ -5,8 +5,12 @@ log file, so every ``labkit.checks.check`` call appends one JSON verdict there (
 not done / error). Errors don't stop the run (``allow_errors``): one broken cell must not hide
 the exercises after it. An exercise the notebook should have but that never reported (the
 learner deleted the check, the kernel died, the notebook ran out of time) is "missing".
-One point per passed exercise; the report is a text table and a CSV in long format (one row
-per exercise plus a TOTAL row per notebook) that a grade book or a spreadsheet can pivot.
+Only the instructor's check cells score: each verdict is tied to the cell that logged it (the
+log's length before and after every cell), and an exercise's verdict is the last one logged by
+the cell whose instructor source checks it - so a check a learner appends, copies or plants in
+their solution earns nothing. One point per passed exercise; the report is a text table and a
+CSV in long format (one row per exercise plus a TOTAL row per notebook) that a grade book or a
+spreadsheet can pivot.
 
 Used by ``labkit grade`` and by :mod:`labkit.classroom.course` (``labkit course``).
 """
@@ -22,19 +26,24 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from labkit import _args
 from labkit.checks import LOG_ENV, PASS, CheckResult
 from labkit.classroom.student import (
     BEGIN_HIDDEN,
     BEGIN_SOLUTION,
-    END_HIDDEN,
+    CODE_STUB,
+    END_SOLUTION,
     check_notebook,
     exercise_names,
     read_notebook,
+    student_cell_source,
 )
 
 MISSING = "missing"
@@ -112,17 +121,17 @@ def _log_line(log: Path, number: int, line: str) -> CheckResult:
 
 def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float = 600,
                  expected: Sequence[str] | None = None, env: dict[str, str] | None = None,
-                 nb=None, kernel_name: str = "python3") -> NotebookRun:
+                 nb=None, source=None, kernel_name: str = "python3") -> NotebookRun:
     """Execute a notebook in a fresh kernel (in its own folder) and return a :class:`NotebookRun`.
 
     ``timeout`` bounds the whole notebook (seconds, kernel start included); ``expected`` names
     the exercises to report (default: those the notebook's own checks name); ``nb`` runs a
-    modified copy of ``path`` (e.g. with the instructor's checks restored). The executed
-    notebook, outputs included, is ``result.nb``.
+    modified copy of ``path`` (e.g. with the instructor's checks restored). ``source`` (the
+    instructor's notebook) says which cells may report which exercise: the cells whose id is a
+    source cell with checks, for the exercises that source cell checks; without it every cell
+    may report the exercises its own checks name. The executed notebook, outputs included, is
+    ``result.nb``.
     """
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
     path = _args.path("path", path)
     _args.boolean("fast", fast)
     _args.positive_float("timeout", timeout)
@@ -134,15 +143,19 @@ def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float =
     nb = read_notebook(path) if nb is None else nb
     check_notebook("nb", nb)
     names = list(expected) if expected is not None else exercise_names(nb)
+    graded = (instructor_cells(nb, source) if source is not None
+              else {i: _names(c) for i, c in enumerate(nb.cells) if c.cell_type == "code"})
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
         log = Path(tmp) / "checks.jsonl"
         kernel_env = {**os.environ, "LABKIT_FAST": "1" if fast else "0", "LABKIT_STATIC_WIDGETS": "1",
                       **(env or {}), LOG_ENV: str(log)}
         start = time.perf_counter()
         deadline = start + timeout
+        cell_log = _CellLog(log)
         client = NotebookClient(nb, kernel_name=kernel_name, allow_errors=True,
                                 timeout_func=lambda cell: max(1, int(deadline - time.perf_counter())),
-                                resources={"metadata": {"path": str(path.parent.resolve())}})
+                                resources={"metadata": {"path": str(path.parent.resolve())}},
+                                on_cell_execute=cell_log.start, on_cell_executed=cell_log.read)
         timed_out = died = False
         # the kernel process's own stdout/stderr (C-level warnings, crash messages) go to a file,
         # shown only if the kernel dies; what cells print reaches the notebook as usual
@@ -157,7 +170,8 @@ def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float =
             lines = [ln for ln in kernel_log.read().splitlines() if "without encryption" not in ln]
             last_words = "\n".join(lines)[-500:].strip()
         seconds = time.perf_counter() - start
-        verdicts = verdicts_from_log(log, names)
+        cell_log.read()  # what the cell that timed out or killed the kernel logged
+        verdicts = cell_log.verdicts(graded, names)
     code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
     errors = [f"cell {i}: {e}" for i, c in code if (e := _error_text(c))]
     if died:
@@ -166,40 +180,104 @@ def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float =
                        errors, verdicts, timed_out, died, nb)
 
 
-def _hidden_blocks(source: str) -> str:
-    """The lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` markers."""
-    keep, inside = [], False
+class _CellLog:
+    """Which cell logged each verdict: the check log's length when a cell starts and after it replied.
+
+    Used as nbclient's ``on_cell_execute`` / ``on_cell_executed`` hooks; the kernel appends to
+    the log synchronously inside ``check``, so a cell's lines are all there when it replies.
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.cell = path, 0, None
+        self.by_cell: dict[int, list[CheckResult]] = {}
+
+    def start(self, cell=None, cell_index=None, **_):
+        self.read()
+        self.cell = cell_index
+
+    def read(self, cell=None, cell_index=None, **_):
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                new = f.read()
+            self.offset += len(new)
+            lines = [CheckResult(**json.loads(line)) for line in new.decode().splitlines() if line.strip()]
+            if lines and self.cell is not None:
+                self.by_cell.setdefault(self.cell, []).extend(lines)
+        self.cell = None
+
+    def verdicts(self, graded: dict[int, list[str]], expected: Sequence[str]) -> list[CheckResult]:
+        """One verdict per expected exercise: the last one its graded cell logged, else "missing"."""
+        latest = {v.exercise: v for i in sorted(self.by_cell) for v in self.by_cell[i] if v.exercise in graded.get(i, ())}
+        gone = "the check never reported (deleted, or the notebook stopped before it)"
+        return [latest.get(n, CheckResult(n, MISSING, gone)) for n in expected]
+
+
+def _names(cell) -> list[str]:
+    """The exercises one code cell's checks name."""
+    return exercise_names(nbformat.v4.new_notebook(cells=[cell]))
+
+
+def instructor_cells(nb, source) -> dict[int, list[str]]:
+    """``{cell index in nb: exercises it may report}``: the cells of ``nb`` whose id is a code cell
+    of ``source`` with checks (hidden ones included), each with the names that source cell checks."""
+    names = {c.get("id"): _names(c) for c in source.cells if c.cell_type == "code" and c.get("id")}
+    return {i: names[c.get("id")] for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and names.get(c.get("id"))}
+
+
+def splice_solutions(source: str, submitted: str) -> str:
+    """The instructor's cell ``source`` with each solution block holding the learner's code for it.
+
+    The learner edited the student version of the cell, where each block is a two-line stub.
+    The lines they kept (aligned with :class:`difflib.SequenceMatcher`) anchor each stub: what
+    stands between the kept lines around a stub is their code for that block. Everything else
+    - the check calls, the hidden tests - is the instructor's, so an edited or appended check
+    line never runs.
+    """
+    student, mine = student_cell_source(source).split("\n"), submitted.split("\n")
+    kept = {}  # index in student -> index in mine
+    for i, j, n in SequenceMatcher(None, student, mine, autojunk=False).get_matching_blocks():
+        kept.update({i + k: j + k for k in range(n)})
+    stubs = [i for i in range(len(student) - 1)
+             if (student[i].strip(), student[i + 1].strip()) == CODE_STUB]
+    blocks = []
+    for a in stubs:
+        left = max((j + 1 for i, j in kept.items() if i < a), default=0)
+        right = min((j for i, j in kept.items() if i >= a + len(CODE_STUB)), default=len(mine))
+        blocks.append([ln for ln in mine[left:max(left, right)] if ln.strip() not in (BEGIN_SOLUTION, END_SOLUTION)])
+    out, inside = [], False
     for line in source.split("\n"):
-        if line.strip() in (BEGIN_HIDDEN, END_HIDDEN):
-            inside = line.strip() == BEGIN_HIDDEN
-        elif inside:
-            keep.append(line)
-    return "\n".join(keep)
+        if line.strip() == BEGIN_SOLUTION:
+            out += [line] + blocks.pop(0)
+            inside = True
+        elif line.strip() == END_SOLUTION:
+            inside = False
+        if not inside:
+            out.append(line)
+    return "\n".join(out)
 
 
 def restore_checks(submitted, source):
-    """Put the instructor's checks and hidden tests back into a submitted notebook (a copy).
+    """The submitted notebook (a copy) with the instructor's checks and hidden tests back in place.
 
-    Cells are matched by cell id (student copies keep the source's ids). A source cell with
-    checks or hidden tests and no solution replaces the submitted cell, so a learner who edited
-    a check is graded on the instructor's version; the hidden tests of a source cell that also
-    holds a solution run in a new cell right after the learner's version of it.
+    Cells are matched by cell id (student copies keep the source's ids). A source cell with a
+    solution gets the learner's code spliced into its solution blocks (:func:`splice_solutions`);
+    any other source cell with checks or hidden tests replaces the submitted one. Either way the
+    checks that run are the instructor's.
     """
     check_notebook("submitted", submitted)
     check_notebook("source", source)
     out = copy.deepcopy(submitted)
     by_id = {c.get("id"): c for c in source.cells if c.get("id") and c.cell_type == "code"}
-    cells = []
     for cell in out.cells:
-        cells.append(cell)
         ref = by_id.get(cell.get("id"))
         if ref is None or cell.cell_type != "code":
             continue
-        if BEGIN_SOLUTION not in ref.source and (BEGIN_HIDDEN in ref.source or _CHECK_CALL.search(ref.source)):
+        if BEGIN_SOLUTION in ref.source:
+            cell.source = splice_solutions(ref.source, cell.source)
+        elif BEGIN_HIDDEN in ref.source or _CHECK_CALL.search(ref.source):
             cell.source = ref.source
-        elif BEGIN_HIDDEN in ref.source and BEGIN_HIDDEN not in cell.source:
-            cells.append(nbformat.v4.new_code_cell(_hidden_blocks(ref.source), id=f"{ref.id}-hidden"[:64]))
-    out.cells = cells
     return out
 
 
@@ -273,14 +351,14 @@ def grade(notebooks: Sequence[str | os.PathLike], *, source_dir: str | os.PathLi
     notebooks = [read_notebook(p, name=f"notebooks[{i}]") for i, p in enumerate(paths)]  # all readable first
     runs = []
     for p, nb in zip(paths, notebooks):
-        expected = None
+        expected, ref = None, None
         if source_dir is not None:
             ref_path = Path(source_dir) / p.name
             if not ref_path.is_file():
                 raise ValueError(f"source_dir has no {p.name} to grade {str(p)!r} against")
             ref = read_notebook(ref_path, name="source_dir")
             nb, expected = restore_checks(nb, ref), exercise_names(ref)
-        runs.append(run_notebook(p, nb=nb, fast=fast, timeout=timeout, expected=expected))
+        runs.append(run_notebook(p, nb=nb, fast=fast, timeout=timeout, expected=expected, source=ref))
         if feedback_dir is not None:  # feedback/<learner's folder>/<notebook>: names repeat across learners
             target = Path(feedback_dir) / p.resolve().parent.name / p.name
             target.parent.mkdir(parents=True, exist_ok=True)
