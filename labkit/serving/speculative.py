@@ -56,6 +56,9 @@ class SpeculativeStats:
     mean_overlap: float
     k: int
 
+    def __post_init__(self):
+        _args.fields(self)
+
     @property
     def acceptance_rate(self) -> float:
         """Accepted draft tokens / judged draft tokens (the measured ``alpha``)."""

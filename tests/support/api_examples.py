@@ -66,6 +66,18 @@ def _onnx_file(c):
     return _ONNX["path"]
 
 
+def _config(c):
+    return _import("labkit.lm.model.GPTConfig")(block_size=8, n_layer=1, n_head=2, n_embd=8)
+
+
+def _gpt(c):
+    return c.get("gpt", lambda c: _import("labkit.lm.model.GPT")(_config(c)).eval())
+
+
+def _cache(c):
+    return _import("labkit.lm.generate.KVCache")(_config(c), batch_size=1)
+
+
 def _run(c):
     return _import("labkit.classroom.grading.NotebookRun")(Path("a.ipynb"), 1.0, 1, 1, [], [])
 
@@ -239,6 +251,35 @@ def _setup(c):
 
 
 SETUP.append(_setup)
+
+for _name in ("evaluate_lm", "decode_step", "generate", "prefill", "batch_sweep", "bytes_per_step",
+              "kv_cache_speedup", "time_prefill", "time_decode", "decode_flops", "predicted_tokens_per_s"):
+    OVERRIDES.setdefault(_name, {})["model"] = _gpt
+OVERRIDES.setdefault("speculative_generate", {}).update(target=_gpt, draft=_gpt)
+OVERRIDES.setdefault("kernel_fits", {})["linear"] = lambda c: nn.Linear(128, 16)
+OVERRIDES.setdefault("int4_per_group", {}).update(weight=lambda c: torch.randn(16, 128), group_size=lambda c: 32)
+OVERRIDES.setdefault("predict_naive_step", {})["model"] = lambda c: _import("labkit.parallel.cost.CostModel")(1e-4, 1e9)
+OVERRIDES.setdefault("differences", {})["results"] = lambda c: [{"output": None, "grads": {}, "params": {}}]
+OVERRIDES.setdefault("check_training", {}).update(steps=lambda c: 1, lr=lambda c: 0.1, seed=lambda c: 0)
+OVERRIDES.setdefault("accept_or_resample", {}).update(p=lambda c: torch.tensor([0.5, 0.5]), q=lambda c: torch.tensor([0.5, 0.5]),
+                                                      token=lambda c: 0)
+OVERRIDES.setdefault("batch_sweep", {}).update(batches=lambda c: [1], bandwidth_gbs=lambda c: 10.0)
+OVERRIDES.setdefault("speculative_generate", {})["prompt_ids"] = lambda c: torch.tensor([1, 2, 3])
+OVERRIDES.setdefault("mfu", {}).update(tokens_per_second=lambda c: 100.0, peak_flops=lambda c: 1e12)
+EXAMPLES.update({
+    "ids": lambda c: torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(0)),
+    "block_size": lambda c: 8, "batches": lambda c: 2, "seq_len": lambda c: 8, "config": _config,
+    "token": lambda c: torch.tensor([[1]]), "cache": _cache, "prompt_ids": lambda c: torch.tensor([[1, 2, 3]]),
+    "max_new_tokens": lambda c: 2, "idx": lambda c: torch.tensor([[1, 2, 3]]), "t_query": lambda c: 3,
+    "t_key": lambda c: 3, "q": lambda c: torch.randn(1, 2, 3, 4), "k": lambda c: 2, "v": lambda c: torch.randn(1, 2, 3, 4),
+    "settings": lambda c: _import("labkit.lm.train.TrainSettings")(steps=2, warmup=1, eval_every=1, val_batches=1, batch_size=2), "context": lambda c: 8,
+    "length": lambda c: 4, "lengths": lambda c: [4], "bytes_per_weight": lambda c: 1.0, "weight_bytes": lambda c: 1000,
+    "kv_bytes_per_sequence": lambda c: 100, "flops_per_token": lambda c: 1e6, "kv_bytes_per_position": lambda c: 64,
+    "new_tokens": lambda c: 4, "target_calls": lambda c: 2, "draft_calls": lambda c: 8, "proposed": lambda c: 8,
+    "judged": lambda c: 8, "accepted": lambda c: 4, "mean_overlap": lambda c: 0.5, "cost_ratio": lambda c: 0.1,
+    "probs": lambda c: torch.tensor([0.25, 0.75]), "linear": lambda c: nn.Linear(128, 16),
+    "bits": lambda c: 8, "params": lambda c: list(c.model.parameters()),
+})
 
 SKIP.update({
     "labkit.parallel.data_parallel.logging_comm_hook": "a DDP comm hook: torch calls it with a GradBucket "
