@@ -67,7 +67,7 @@ def average_gradients_(model: nn.Module, *, group=None,
 
     ``all_reduce(tensor)`` defaults to ``dist.all_reduce``; pass
     ``labkit.parallel.ring.ring_all_reduce_`` to use the hand-written ring. Returns the number
-    of all-reduce calls (one per parameter: each pays the start-up cost ``alpha``).
+    of all-reduce calls (one per parameter: each pays the start-up cost ``2(p-1) alpha``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

@@ -14,7 +14,7 @@ over the ranks (strong scaling),
 and all-reduces of several sizes to fit the cost model (:mod:`labkit.parallel.cost`), all
 interleaved by :func:`labkit.parallel.cost.time_collectives` (slowest rank, median of the
 repetitions), so a passing load on a shared machine hits every figure alike. The prediction
-``compute + optimizer + sum_tensors (alpha + 2(p-1)/p x bytes / bandwidth)``
+``compute + optimizer + sum_tensors (2(p-1) alpha + 2(p-1)/p x bytes / bandwidth)``
 (:func:`predict_naive_step`) is what the lesson checks against ``naive_step``.
 """
 
