@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("worker", help="module:function")
     parser.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
-    parser.add_argument("--backend", default=None)
+    parser.add_argument("--backend", default=None, help="gloo (default: CPU tensors) or nccl (worker uses rank_device)")
     args = parser.parse_args(argv)
     worker = resolve(args.worker)
     kwargs = json.loads(args.kwargs)
