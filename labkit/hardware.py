@@ -167,15 +167,16 @@ def cpu_peak_gflops(
 
 
 def thread_scaling(fn: Callable[[], object], threads: Sequence[int] | None = None, *, min_run_time: float = 0.2) -> list[dict]:
-    """Median time of ``fn`` with 1..N intra-op threads, and the speed-up over one thread."""
+    """Median time of ``fn`` with each of ``threads`` intra-op threads (default 1..cores), and
+    ``speedup = t(1 thread) / t(n threads)``. One thread is always the baseline: it is timed
+    even when ``threads`` leaves it out (it then gets no row of its own)."""
     threads = list(range(1, cpu_cores() + 1)) if threads is None else list(threads)
     if not threads:
         raise ValueError("threads must not be empty")
-    rows = [{"threads": n, "seconds": time_fn(fn, threads=n, min_run_time=min_run_time).median} for n in threads]
-    base = rows[0]["seconds"]
-    for r in rows:
-        r["speedup"] = base / r["seconds"]
-    return rows
+    for n in threads:
+        positive_int("threads", n)
+    seconds = {n: time_fn(fn, threads=n, min_run_time=min_run_time).median for n in dict.fromkeys([1, *threads])}
+    return [{"threads": n, "seconds": seconds[n], "speedup": seconds[1] / seconds[n]} for n in threads]
 
 
 # --- the roofline, one training step per device, and the synchronization pitfall ----------------

@@ -7,6 +7,7 @@ import torch
 
 from labkit import hardware as B
 from labkit import metrics
+from labkit.timing import Timing
 
 
 def test_matmul_gflops_formula():
@@ -78,7 +79,21 @@ def test_count_flops_matches_formula():
 
 
 def test_thread_scaling_rows():
-    rows = B.thread_scaling(lambda: torch.ones(1000).sum(), threads=[1, 1], min_run_time=0.01)
-    assert rows[0]["speedup"] == 1.0 and len(rows) == 2
+    rows = B.thread_scaling(lambda: torch.ones(1000).sum(), threads=[1, 2], min_run_time=0.01)
+    assert rows[0]["speedup"] == 1.0 and [r["threads"] for r in rows] == [1, 2]
+
+
+def test_thread_scaling_is_over_one_thread(monkeypatch):
+    # a fake clock: n threads take 1/n s, so the speed-up over ONE thread is n, whatever comes first
+    calls = []
+
+    def fake_time_fn(fn, *, threads, min_run_time):
+        calls.append(threads)
+        return Timing("fake", 1.0 / threads, 0.0, 1.0 / threads, 1, threads)
+
+    monkeypatch.setattr(B, "time_fn", fake_time_fn)
+    rows = B.thread_scaling(lambda: None, threads=[4, 2])
+    assert [(r["threads"], r["speedup"]) for r in rows] == [(4, 4.0), (2, 2.0)]
+    assert sorted(calls) == [1, 2, 4]  # one thread timed once, as the baseline
     with pytest.raises(ValueError):
         B.thread_scaling(lambda: None, threads=[])
