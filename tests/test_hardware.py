@@ -60,6 +60,43 @@ def test_peak_estimate_reads_this_machine():
     assert p.cores >= 1 and p.ghz > 0 and p.gflops > 0 and len(p.assumptions) >= 3
 
 
+def _mock_mac(monkeypatch, machine, sysctl):
+    monkeypatch.setattr(B.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(B.platform, "machine", lambda: machine)
+    monkeypatch.setattr(B, "_sysctl", lambda name: sysctl.get(name))
+    monkeypatch.setattr(B, "cpu_flags", lambda: set())  # no /proc/cpuinfo on macOS
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith(("/proc", "/sys")):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+
+
+def test_peak_on_apple_silicon_counts_the_amx_unit(monkeypatch):
+    _mock_mac(monkeypatch, "arm64", {"hw.perflevel0.physicalcpu": "8", "hw.perflevel1.physicalcpu": "4"})
+    p = B.cpu_peak_gflops()
+    assert p.cores == 8 and p.ghz == 3.2 and p.flops_per_cycle == 4 * 2 * 4  # NEON 4 lanes x FMA x 4 pipes
+    assert p.matrix_unit_gflops == B.APPLE_AMX_FP32_GFLOPS and p.gflops == B.APPLE_AMX_FP32_GFLOPS
+    # lesson 01's final assert: a measured Accelerate sgemm of 1.6 TFLOP/s must sit under 1.5 x the estimate
+    assert 1600 < 1.5 * p.gflops
+    text = str(p)
+    assert "sysctl" in text and "AMX" in text and "assumed 3.2 GHz" in text
+    p64 = B.cpu_peak_gflops(torch.float64)
+    assert p64.matrix_unit_gflops == 0 and p64.gflops == pytest.approx(8 * 3.2 * 2 * 2 * 4)
+
+
+def test_peak_on_an_intel_mac_reads_sysctl(monkeypatch):
+    _mock_mac(monkeypatch, "x86_64", {"hw.cpufrequency_max": "2600000000",
+                                      "machdep.cpu.features": "FPU SSE SSE2 FMA AVX1.0",
+                                      "machdep.cpu.leaf7_features": "SMEP AVX2 BMI2"})
+    p = B.cpu_peak_gflops(cores=6)
+    assert p.ghz == 2.6 and p.flops_per_cycle == 8 * 2 * 2 and p.matrix_unit_gflops == 0
+    assert any("sysctl hw.cpufrequency_max" in a for a in p.assumptions)
+
+
 def test_peak_bad_input():
     with pytest.raises(ValueError, match="float32 or float64"):
         B.cpu_peak_gflops(torch.int8)
