@@ -232,6 +232,27 @@ def cpu_peak_gflops(
     return PeakEstimate(cores, ghz, per_cycle, max(vector, matrix), tuple(notes), matrix)
 
 
+def float32_matmul_settings(device=None) -> dict | None:
+    """How "float32" matmuls really run on a CUDA ``device`` (None elsewhere).
+
+    On Ampere and newer GPUs (compute capability >= 8.0) a float32 matmul may run in **TF32**:
+    inputs rounded to 10 stored mantissa bits (fp32 has 23), products accumulated in fp32 - up to
+    several times faster on the tensor cores, and about 3 decimal digits of precision. PyTorch's
+    switch is ``torch.backends.cuda.matmul.allow_tf32`` (off by default for matmuls) or
+    ``torch.set_float32_matmul_precision('high')`` (TF32 allowed; ``'highest'`` = true fp32;
+    ``'medium'`` may use bf16). Returns ``{device, capability, tf32_capable, allow_tf32,
+    float32_matmul_precision, cudnn_allow_tf32}`` for lesson 01's guarded cell.
+    """
+    dev = get_device(device)
+    if dev.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(dev)
+    return {"device": str(dev), "capability": f"{major}.{minor}", "tf32_capable": major >= 8,
+            "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
+
+
 # --- FLOP counting and thread scaling -------------------------------------------------------------
 
 

@@ -97,6 +97,23 @@ def test_peak_on_an_intel_mac_reads_sysctl(monkeypatch):
     assert any("sysctl hw.cpufrequency_max" in a for a in p.assumptions)
 
 
+def test_float32_matmul_settings_reports_tf32(monkeypatch):
+    assert B.float32_matmul_settings("cpu") is None
+    monkeypatch.setattr(B, "get_device", lambda device=None: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (8, 0))  # an A100
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        s = B.float32_matmul_settings()
+        assert s["tf32_capable"] and s["capability"] == "8.0" and s["float32_matmul_precision"] == "high"
+        torch.set_float32_matmul_precision("highest")
+        assert B.float32_matmul_settings()["float32_matmul_precision"] == "highest"
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (7, 5))  # a T4: no TF32
+        assert not B.float32_matmul_settings()["tf32_capable"]
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def test_peak_bad_input():
     with pytest.raises(ValueError, match="float32 or float64"):
         B.cpu_peak_gflops(torch.int8)
