@@ -78,6 +78,14 @@ def _batches(loader: Iterable) -> Iterable:
     return loader
 
 
+def _per_token(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence logits ``(B, T, V)`` with targets ``(B, T)`` (a language model) -> one row per
+    token, ``(B*T, V)`` and ``(B*T,)``, so the loss and accuracy are per token; else unchanged."""
+    if out.dim() == 3 and y.dim() == 2:
+        return out.reshape(-1, out.size(-1)), y.reshape(-1)
+    return out, y
+
+
 def _model_device(model: nn.Module) -> torch.device:
     """Where the model's first parameter (or buffer) lives; the CPU for a model with neither
     (an ONNX Runtime wrapper, a layer holding only integer buffers)."""
@@ -99,7 +107,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device=None, loss_fn: Callab
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in _batches(loader):
         x, y = x.to(dev), y.to(dev)
-        out = model(x)
+        out, y = _per_token(model(x), y)
         loss_sum += float(loss_fn(out, y)) * len(y)
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
@@ -125,7 +133,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     for x, y in tqdm(_batches(loader), desc=desc, leave=False, disable=not progress):
         x, y = x.to(dev), y.to(dev)
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
+        out, y = _per_token(model(x), y)
         loss = loss_fn(out, y)
         loss.backward()
         optimizer.step()
