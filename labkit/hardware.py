@@ -64,6 +64,42 @@ def matmul_sweep(
     return [matmul_gflops(n, dtype=d, device=device, min_run_time=min_run_time) for d in dtypes for n in sizes]
 
 
+def linear_intensity(tokens: int, d_in: int, d_out: int, *, bytes_per_element: int = 4) -> float:
+    """FLOPs per byte of a layer's matmul ``(B x D) @ (D x F)`` for ``B = tokens``:
+    ``2 B D F / (e (B D + D F + B F))`` - inputs, weight and output each moved once. With one
+    token it is below 1/2 FLOP per byte in float32 (the weight is read for a single row: decode
+    is memory-bound); it grows towards ``2 D F / (e (D + F))`` as the batch of tokens grows."""
+    for name, value in (("tokens", tokens), ("d_in", d_in), ("d_out", d_out), ("bytes_per_element", bytes_per_element)):
+        positive_int(name, value)
+    b, d, f = tokens, d_in, d_out
+    return 2 * b * d * f / (bytes_per_element * (b * d + d * f + b * f))
+
+
+def token_sweep(tokens: Sequence[int], d_in: int, d_out: int, *, dtype: torch.dtype = torch.float32, device=None,
+                min_run_time: float = 0.2) -> list[dict]:
+    """A transformer layer's matmul ``(B x D) @ (D x F)`` timed for each ``B`` in ``tokens``
+    (batch x sequence positions): rows ``{tokens, seconds, gflops, intensity}``. Decode with a
+    batch of one is ``B = 1``; a training step over a batch of sequences is ``B`` in the
+    thousands. Plot GFLOP/s against intensity (:func:`linear_intensity`) to see where the layer
+    crosses the roofline's ridge point (lesson ``01_cpu_vs_gpu_tpu``)."""
+    if len(tokens) == 0:
+        raise ValueError("tokens must not be empty")
+    for name, value in (("d_in", d_in), ("d_out", d_out)):
+        positive_int(name, value)
+    dev = get_device(device)
+    w = torch.randn(d_in, d_out, device=dev).to(dtype)
+    rows = []
+    for b in tokens:
+        positive_int("tokens", b)
+        x = torch.randn(b, d_in, device=dev).to(dtype)
+        out = torch.empty(b, d_out, device=dev, dtype=dtype)
+        t = time_fn(lambda x=x, out=out: torch.matmul(x, w, out=out), device=dev, label=f"{b} tokens",
+                    min_run_time=min_run_time)
+        rows.append({"tokens": b, "seconds": t.median, "gflops": 2 * b * d_in * d_out / t.median / 1e9,
+                     "intensity": linear_intensity(b, d_in, d_out, bytes_per_element=w.element_size())})
+    return rows
+
+
 def elementwise_gbps(numel: int, *, device=None, dtype=torch.float32, min_run_time: float = 0.2) -> dict:
     """Bandwidth of ``y = x + 1`` (reads and writes ``numel`` elements: memory bound)."""
     positive_int("numel", numel)

@@ -114,6 +114,23 @@ def test_float32_matmul_settings_reports_tf32(monkeypatch):
         torch.set_float32_matmul_precision(previous)
 
 
+def test_linear_intensity_by_hand_and_against_counted_flops():
+    # one token through a 4 x 2 layer: 2*1*4*2 = 16 FLOPs over 4 bytes x (4 + 8 + 2) numbers
+    assert B.linear_intensity(1, 4, 2) == pytest.approx(16 / (4 * 14))
+    d = 256
+    assert B.linear_intensity(1, d, d) < 0.5 < 16 < B.linear_intensity(4096, d, d) < 2 * d * d / (4 * 2 * d)
+    lin, x = torch.nn.Linear(d, 3 * d, bias=False), torch.zeros(64, d)
+    flops = metrics.count_flops(lin, x)
+    assert B.linear_intensity(64, d, 3 * d) == pytest.approx(flops / (4 * (x.numel() + lin.weight.numel() + 64 * 3 * d)))
+    rows = B.token_sweep([1, 32], 64, 32, min_run_time=0.01, device="cpu")
+    assert [r["tokens"] for r in rows] == [1, 32] and rows[0]["intensity"] < rows[1]["intensity"]
+    assert all(r["gflops"] == pytest.approx(2 * r["tokens"] * 64 * 32 / r["seconds"] / 1e9) for r in rows)
+    with pytest.raises(ValueError, match="tokens"):
+        B.token_sweep([], 4, 4)
+    with pytest.raises(ValueError, match="tokens"):
+        B.linear_intensity(0, 4, 4)
+
+
 def test_peak_bad_input():
     with pytest.raises(ValueError, match="float32 or float64"):
         B.cpu_peak_gflops(torch.int8)
