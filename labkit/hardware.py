@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +65,42 @@ def matmul_sweep(
     return [matmul_gflops(n, dtype=d, device=device, min_run_time=min_run_time) for d in dtypes for n in sizes]
 
 
+def linear_intensity(tokens: int, d_in: int, d_out: int, *, bytes_per_element: int = 4) -> float:
+    """FLOPs per byte of a layer's matmul ``(B x D) @ (D x F)`` for ``B = tokens``:
+    ``2 B D F / (e (B D + D F + B F))`` - inputs, weight and output each moved once. With one
+    token it is below 1/2 FLOP per byte in float32 (the weight is read for a single row: decode
+    is memory-bound); it grows towards ``2 D F / (e (D + F))`` as the batch of tokens grows."""
+    for name, value in (("tokens", tokens), ("d_in", d_in), ("d_out", d_out), ("bytes_per_element", bytes_per_element)):
+        positive_int(name, value)
+    b, d, f = tokens, d_in, d_out
+    return 2 * b * d * f / (bytes_per_element * (b * d + d * f + b * f))
+
+
+def token_sweep(tokens: Sequence[int], d_in: int, d_out: int, *, dtype: torch.dtype = torch.float32, device=None,
+                min_run_time: float = 0.2) -> list[dict]:
+    """A transformer layer's matmul ``(B x D) @ (D x F)`` timed for each ``B`` in ``tokens``
+    (batch x sequence positions): rows ``{tokens, seconds, gflops, intensity}``. Decode with a
+    batch of one is ``B = 1``; a training step over a batch of sequences is ``B`` in the
+    thousands. Plot GFLOP/s against intensity (:func:`linear_intensity`) to see where the layer
+    crosses the roofline's ridge point (lesson ``01_cpu_vs_gpu_tpu``)."""
+    if len(tokens) == 0:
+        raise ValueError("tokens must not be empty")
+    for name, value in (("d_in", d_in), ("d_out", d_out)):
+        positive_int(name, value)
+    dev = get_device(device)
+    w = torch.randn(d_in, d_out, device=dev).to(dtype)
+    rows = []
+    for b in tokens:
+        positive_int("tokens", b)
+        x = torch.randn(b, d_in, device=dev).to(dtype)
+        out = torch.empty(b, d_out, device=dev, dtype=dtype)
+        t = time_fn(lambda x=x, out=out: torch.matmul(x, w, out=out), device=dev, label=f"{b} tokens",
+                    min_run_time=min_run_time)
+        rows.append({"tokens": b, "seconds": t.median, "gflops": 2 * b * d_in * d_out / t.median / 1e9,
+                     "intensity": linear_intensity(b, d_in, d_out, bytes_per_element=w.element_size())})
+    return rows
+
+
 def elementwise_gbps(numel: int, *, device=None, dtype=torch.float32, min_run_time: float = 0.2) -> dict:
     """Bandwidth of ``y = x + 1`` (reads and writes ``numel`` elements: memory bound)."""
     positive_int("numel", numel)
@@ -96,24 +134,58 @@ def copy_bandwidth(nbytes: int = 64 << 20, *, device=None, pinned: bool = True, 
 
 @dataclass(frozen=True)
 class PeakEstimate:
-    """cores x clock x FLOPs per cycle per core, and the assumptions behind each factor."""
+    """cores x clock x FLOPs per cycle per core, and the assumptions behind each factor.
+
+    ``matrix_unit_gflops`` is a matrix engine beside the vector units (Apple's AMX, used by
+    Accelerate's matmuls): when it is set, ``gflops`` is the larger of the two."""
 
     cores: int
     ghz: float
     flops_per_cycle: int
     gflops: float
     assumptions: tuple[str, ...]
+    matrix_unit_gflops: float = 0.0
 
     def __post_init__(self):
         _args.fields(self)
 
     def __str__(self) -> str:
-        lines = [f"peak ~ {self.cores} cores x {self.ghz:.2f} GHz x {self.flops_per_cycle} FLOP/cycle = {self.gflops:.0f} GFLOP/s"]
+        vector = self.cores * self.ghz * self.flops_per_cycle
+        lines = [f"peak ~ {self.cores} cores x {self.ghz:.2f} GHz x {self.flops_per_cycle} FLOP/cycle = {vector:.0f} GFLOP/s"]
+        if self.matrix_unit_gflops:
+            lines.append(f"matrix unit ~ {self.matrix_unit_gflops:.0f} GFLOP/s; peak used = {self.gflops:.0f} GFLOP/s")
         return "\n".join(lines + [f"  - {a}" for a in self.assumptions])
 
 
+def _sysctl(name: str) -> str | None:
+    """``sysctl -n name`` on macOS (None where it is missing or fails)."""
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _is_mac() -> bool:
+    return platform.system() == "Darwin"
+
+
+def _is_apple_silicon() -> bool:
+    return _is_mac() and platform.machine() == "arm64"
+
+
 def cpu_clock_ghz() -> tuple[float, str]:
-    """The CPU's clock in GHz and where the figure came from."""
+    """The CPU's clock in GHz and where the figure came from.
+
+    Linux: cpufreq's max frequency, else ``/proc/cpuinfo``. macOS: ``sysctl hw.cpufrequency_max``
+    (Intel Macs); Apple Silicon publishes no clock, so 3.2 GHz (an M1 performance core) is assumed.
+    """
+    if _is_mac():
+        hz = _sysctl("hw.cpufrequency_max")
+        if hz and hz.isdigit():
+            return int(hz) / 1e9, "sysctl hw.cpufrequency_max"
+        if _is_apple_silicon():
+            return 3.2, "Apple Silicon publishes no clock: assumed 3.2 GHz (M1 performance core; M2-M4 run 3.5-4.5)"
     path = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"
     try:
         with open(path) as f:
@@ -130,23 +202,51 @@ def cpu_clock_ghz() -> tuple[float, str]:
     return 3.0, "unknown clock: assumed 3.0 GHz"
 
 
+def _mac_flags() -> set[str]:
+    """Vector extensions on macOS, where there is no /proc/cpuinfo: NEON on Apple Silicon, the
+    ``machdep.cpu`` feature lists on Intel Macs (lower-cased like Linux's flags)."""
+    if _is_apple_silicon():
+        return {"asimd"}
+    words = " ".join(_sysctl(k) or "" for k in ("machdep.cpu.features", "machdep.cpu.leaf7_features"))
+    return {w.lower().replace(".", "_") for w in words.split()}
+
+
+# Accelerate's float32 matmul on Apple's AMX unit: about 1-1.7 TFLOP/s on M1-M3 (public sgemm
+# benchmarks, not measured by labkit); the upper figure is used so the estimate stays a ceiling.
+APPLE_AMX_FP32_GFLOPS = 1700.0
+
+
 def cpu_peak_gflops(
     dtype: torch.dtype = torch.float32, *, cores: int | None = None, ghz: float | None = None,
-    fma_units: int = 2, flags: set[str] | None = None,
+    fma_units: int | None = None, flags: set[str] | None = None,
 ) -> PeakEstimate:
     """Estimate the CPU's theoretical peak for ``dtype`` (float32 or float64).
 
     FLOPs per cycle per core = SIMD lanes (vector bits / element bits) x 2 (a fused multiply-add
-    is two FLOPs) x ``fma_units`` (FMA pipes per core: 2 on most recent x86 cores, an assumption).
+    is two FLOPs) x ``fma_units`` (FMA pipes per core: 2 on most recent x86 cores, 4 on Apple's
+    performance cores - an assumption). Where each factor comes from:
+
+    * Linux: cores from the affinity mask, clock from cpufreq or ``/proc/cpuinfo``, vector
+      extensions (AVX-512, AVX2, NEON) from ``/proc/cpuinfo``'s flags;
+    * Intel Mac: ``sysctl`` (``hw.cpufrequency_max``, ``machdep.cpu.features``);
+    * Apple Silicon: no ``/proc/cpuinfo`` and no published clock: the performance cores from
+      ``sysctl hw.perflevel0.physicalcpu``, 3.2 GHz assumed, NEON x 4 FMA pipes; and float32
+      matmuls through Accelerate run on the AMX matrix unit, not the NEON pipes, so the float32
+      peak is at least :data:`APPLE_AMX_FP32_GFLOPS` (``matrix_unit_gflops``).
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"peak is estimated for float32 or float64, got {dtype}")
+    apple = _is_apple_silicon()
+    fma_units = (4 if apple else 2) if fma_units is None else fma_units
     positive_int("fma_units", fma_units)
-    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        flags = _mac_flags() if _is_mac() else cpu_flags()
     notes = []
     if cores is None:
-        cores = cpu_cores()
-        notes.append(f"{cores} cores usable by this process (hyper-threads add no FLOPs)")
+        perf = _sysctl("hw.perflevel0.physicalcpu") if apple else None
+        cores = int(perf) if perf and perf.isdigit() else cpu_cores()
+        notes.append(f"{cores} performance cores (sysctl hw.perflevel0.physicalcpu; efficiency cores left out)" if perf
+                     else f"{cores} cores usable by this process (hyper-threads add no FLOPs)")
     if ghz is None:
         ghz, source = cpu_clock_ghz()
         notes.append(f"clock {ghz:.2f} GHz from {source}")
@@ -164,22 +264,49 @@ def cpu_peak_gflops(
     notes.append(f"{isa}: {bits // elem_bits} {dtype} lanes x {'2 (FMA)' if has_fma else '1 (no FMA)'} x {fma_units} vector units")
     if bits == 512:
         notes.append("some cores run 512-bit vectors at half rate or lower clocks: treat this as an upper bound")
-    return PeakEstimate(cores, ghz, per_cycle, cores * ghz * per_cycle, tuple(notes))
+    vector = cores * ghz * per_cycle
+    matrix = APPLE_AMX_FP32_GFLOPS if apple and dtype == torch.float32 else 0.0
+    if matrix:
+        notes.append(f"Accelerate runs float32 matmuls on the AMX unit: about 1000-{matrix:.0f} GFLOP/s on M1-M3 "
+                     "(public benchmarks, not measured here); the peak is the larger of the two")
+    return PeakEstimate(cores, ghz, per_cycle, max(vector, matrix), tuple(notes), matrix)
+
+
+def float32_matmul_settings(device=None) -> dict | None:
+    """How "float32" matmuls really run on a CUDA ``device`` (None elsewhere).
+
+    On Ampere and newer GPUs (compute capability >= 8.0) a float32 matmul may run in **TF32**:
+    inputs rounded to 10 stored mantissa bits (fp32 has 23), products accumulated in fp32 - up to
+    several times faster on the tensor cores, and about 3 decimal digits of precision. PyTorch's
+    switch is ``torch.backends.cuda.matmul.allow_tf32`` (off by default for matmuls) or
+    ``torch.set_float32_matmul_precision('high')`` (TF32 allowed; ``'highest'`` = true fp32;
+    ``'medium'`` may use bf16). Returns ``{device, capability, tf32_capable, allow_tf32,
+    float32_matmul_precision, cudnn_allow_tf32}`` for lesson 01's guarded cell.
+    """
+    dev = get_device(device)
+    if dev.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(dev)
+    return {"device": str(dev), "capability": f"{major}.{minor}", "tf32_capable": major >= 8,
+            "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
 
 
 # --- FLOP counting and thread scaling -------------------------------------------------------------
 
 
 def thread_scaling(fn: Callable[[], object], threads: Sequence[int] | None = None, *, min_run_time: float = 0.2) -> list[dict]:
-    """Median time of ``fn`` with 1..N intra-op threads, and the speed-up over one thread."""
+    """Median time of ``fn`` with each of ``threads`` intra-op threads (default 1..cores), and
+    ``speedup = t(1 thread) / t(n threads)``. One thread is always the baseline: it is timed
+    even when ``threads`` leaves it out (it then gets no row of its own)."""
     threads = list(range(1, cpu_cores() + 1)) if threads is None else list(threads)
     if not threads:
         raise ValueError("threads must not be empty")
-    rows = [{"threads": n, "seconds": time_fn(fn, threads=n, min_run_time=min_run_time).median} for n in threads]
-    base = rows[0]["seconds"]
-    for r in rows:
-        r["speedup"] = base / r["seconds"]
-    return rows
+    for n in threads:
+        positive_int("threads", n)
+    seconds = {n: time_fn(fn, threads=n, min_run_time=min_run_time).median for n in dict.fromkeys([1, *threads])}
+    return [{"threads": n, "seconds": seconds[n], "speedup": seconds[1] / seconds[n]} for n in threads]
 
 
 # --- the roofline, one training step per device, and the synchronization pitfall ----------------

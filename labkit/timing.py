@@ -1,8 +1,12 @@
 """Timing done right: every time in the course goes through this module.
 
 :func:`time_fn` is built on ``torch.utils.benchmark.Timer`` (warm-up, a fixed thread count,
-blocked auto-ranging) and synchronizes accelerators around each measured block, because on a
-GPU or TPU a kernel launch returns long before the work is done. It reports the median and the
+blocked auto-ranging) and synchronizes the device after *every* call, because on a GPU or TPU a
+kernel launch returns long before the work is done. So a time is the **latency of one call**,
+launch to finished work: consecutive calls never overlap, and the per-call sync costs a few
+microseconds on a GPU. The throughput of a stream of calls queued back to back can be higher
+(the launches of call ``k+1`` hide behind the kernels of call ``k``); to measure that, time a
+function that makes many calls and divide. It reports the median and the
 inter-quartile range, never a single run: these machines are noisy.
 
 :func:`compare` times several functions in interleaved rounds (round ``r`` times each once),
@@ -63,8 +67,9 @@ def time_fn(
 ) -> Timing:
     """Time ``fn()`` and return a :class:`Timing` (median and spread over measured blocks).
 
-    ``device`` is where ``fn`` runs: it is synchronized after every call, so the time includes
-    the work and not only its launch. ``threads`` defaults to ``torch.get_num_threads()``.
+    ``device`` is where ``fn`` runs: it is synchronized after every call, so the time is one
+    call's latency - the work and not only its launch, with no overlap between calls (see the
+    module doc). ``threads`` defaults to ``torch.get_num_threads()``.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")

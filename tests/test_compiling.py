@@ -16,6 +16,7 @@ from labkit.efficiency.compiling import (
     generated_kernels,
     kernel_excerpt,
     pointwise_chain,
+    recompile_trace,
     traffic_bytes,
 )
 
@@ -80,3 +81,12 @@ def test_compiled_training_step_report():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the eager copy trained
     with pytest.raises(TypeError, match="model"):
         compile_training_step("net", torch.zeros(1), torch.zeros(1))
+
+
+def test_dynamo_marks_a_size_dynamic_at_its_first_change():
+    rows = recompile_trace(lambda x: torch.sin(x) * 2 + 1, [8, 16, 32, 8])
+    assert [r["compiled"] for r in rows] == [True, True, False, False]  # the 2nd shape recompiles, once
+    assert rows[0]["inputs"] == ["(8,)"]  # first graph: static size
+    assert "symbolic size" in rows[1]["inputs"]  # second graph: the size is an input (dynamic)
+    with pytest.raises(ValueError, match="sizes"):
+        recompile_trace(torch.sin, [0])

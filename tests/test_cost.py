@@ -18,22 +18,35 @@ from labkit.parallel.cost import (
 from labkit.parallel.launch import launch
 
 
-def _rows(alpha, bandwidth, sizes, ps):
-    return [{"bytes": n, "world_size": p, "seconds": alpha + ring_traffic(n, p) / bandwidth} for n in sizes for p in ps]
+def _rows(alpha, bandwidth, sizes, ps, overhead=0.0):
+    """Rows that follow the ring model exactly: overhead + 2(p-1) alpha + 2(p-1)/p N / bandwidth."""
+    return [{"bytes": n, "world_size": p, "seconds": overhead + 2 * (p - 1) * alpha + 2 * (p - 1) / p * n / bandwidth}
+            for n in sizes for p in ps]
 
 
-@given(st.floats(1e-5, 1e-2), st.floats(1e8, 1e11), st.booleans())
-def test_fit_recovers_exact_parameters(alpha, bandwidth, relative):
-    m = fit_cost_model(_rows(alpha, bandwidth, [2**k for k in range(14, 27, 3)], [2, 3, 4]), relative=relative)
+@given(st.floats(1e-5, 1e-2), st.floats(1e8, 1e11), st.floats(0, 1e-2), st.booleans())
+def test_fit_recovers_exact_parameters(alpha, bandwidth, overhead, relative):
+    m = fit_cost_model(_rows(alpha, bandwidth, [2**k for k in range(14, 27, 3)], [2, 3, 4], overhead),
+                       relative=relative)
     assert math.isclose(m.alpha, alpha, rel_tol=1e-6, abs_tol=1e-9)
+    assert math.isclose(m.overhead, overhead, rel_tol=1e-6, abs_tol=1e-9)
     assert math.isclose(m.bandwidth, bandwidth, rel_tol=1e-6)
     assert m.r2 > 0.999999 and m.points == 15
 
 
+def test_one_world_size_cannot_separate_overhead_from_latency():
+    # at p = 2 the fit sees overhead + 2 alpha as one intercept: alpha absorbs the overhead
+    m = fit_cost_model(_rows(1e-4, 1e9, [2**k for k in range(14, 27, 3)], [2], overhead=4e-4))
+    assert m.overhead == 0.0
+    assert math.isclose(m.alpha, 1e-4 + 4e-4 / 2, rel_tol=1e-6)
+    assert math.isclose(m.bandwidth, 1e9, rel_tol=1e-6)
+
+
 def test_prediction_by_hand():
     m = CostModel(alpha=1e-3, bandwidth=1e9)
-    assert m.predict(10**9, 2) == pytest.approx(1e-3 + 1.0)  # 2(2-1)/2 = 1 x 1 GB at 1 GB/s
-    assert m.predict(10**9, 4) == pytest.approx(1e-3 + 1.5)
+    assert m.predict(10**9, 2) == pytest.approx(2 * 1e-3 + 1.0)  # 2(2-1) steps; 2(2-1)/2 = 1 x 1 GB at 1 GB/s
+    assert m.predict(10**9, 4) == pytest.approx(6 * 1e-3 + 1.5)  # 2(4-1) steps; 2(4-1)/4 = 1.5 x 1 GB
+    assert CostModel(alpha=1e-3, bandwidth=1e9, overhead=5e-3).predict(10**9, 4) == pytest.approx(5e-3 + 6e-3 + 1.5)
     assert m.predict(10**9, 1) == 0.0
     assert "GB/s" in str(m)
 
@@ -80,7 +93,9 @@ def test_sweep_arguments():
     assert sorted(sweep_functions([0.5, 2], ("gloo", "ring"))) == ["gloo 0.5", "gloo 2.0", "ring 0.5", "ring 2.0"]
     rows = sweep_rows({"gloo 1.0": {"median": 2e-3, "iqr": 0.0}, "compute": {"median": 1.0, "iqr": 0.0}}, 2)
     assert rows == [{"impl": "gloo", "world_size": 2, "bytes": 2**20, "traffic": 2**20, "seconds": 2e-3, "iqr": 0.0,
-                     "busbw_gbs": 2**20 / 2e-3 / 1e9}]
+                     "busbw_gbs": 2**20 / 2e-3 / 1e9, "algbw_gbs": 2**20 / 2e-3 / 1e9}]
+    p4 = sweep_rows({"ring 1.0": {"median": 2e-3, "iqr": 0.0}}, 4)[0]
+    assert p4["busbw_gbs"] == pytest.approx(p4["algbw_gbs"] * 2 * 3 / 4)  # nccl-tests: busbw = algbw x 2(p-1)/p
 
 
 @pytest.mark.dist

@@ -12,9 +12,9 @@ ROW = {"compute": 0.050, "optimizer": 0.002, "tensor_bytes": [4_000_000, 4_000, 
 
 def test_prediction_by_hand():
     m = CostModel(alpha=1e-3, bandwidth=1e9)
-    # 3 tensors: 3 x alpha, and 2(p-1)/p = 1 x 5,004,000 bytes at 1 GB/s
-    assert predict_naive_step(ROW, m) == pytest.approx(0.050 + 0.002 + 3e-3 + 5.004e-3)
-    assert predict_naive_step({**ROW, "world_size": 4}, m) == pytest.approx(0.052 + 3e-3 + 1.5 * 5.004e-3)
+    # 3 tensors, each 2(p-1) ring steps of alpha: 3 x 2 x alpha; and 2(p-1)/p = 1 x 5,004,000 bytes at 1 GB/s
+    assert predict_naive_step(ROW, m) == pytest.approx(0.050 + 0.002 + 3 * 2e-3 + 5.004e-3)
+    assert predict_naive_step({**ROW, "world_size": 4}, m) == pytest.approx(0.052 + 3 * 6e-3 + 1.5 * 5.004e-3)
     assert predict_naive_step({**ROW, "world_size": 1}, m) == pytest.approx(0.052)  # nothing to send
 
 

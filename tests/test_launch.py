@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from labkit.parallel import examples
 from labkit.parallel import launch as launch_mod
@@ -291,3 +292,38 @@ def test_same_worker_under_torchrun():
     keys = ("rank", "world_size", "backend", "sum_of_ranks", "threads")
     assert [{k: r[k] for k in keys} for r in under_torchrun] == [{k: r[k] for k in keys} for r in under_launch]
     _assert_nothing_left()
+
+
+def _mock_gpus(monkeypatch, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+
+
+def _mock_group(monkeypatch, backend, rank):
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a, **k: backend)
+    monkeypatch.setattr(dist, "get_rank", lambda *a, **k: rank)
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+
+
+def test_backend_agrees_with_the_workers_tensor_device(monkeypatch):
+    from labkit.parallel.cost import sweep_functions
+    from labkit.parallel.launch import default_backend, rank_device
+
+    _mock_gpus(monkeypatch, 2)  # a 2-GPU machine: enough GPUs for NCCL at world size 2
+    # lesson-03 workers build CPU tensors: the default must be gloo, or every all-reduce fails
+    backend = default_backend(2)
+    assert backend == "gloo"
+    _mock_group(monkeypatch, backend, 1)
+    assert rank_device() == torch.device("cpu")
+    fn = sweep_functions([0.001], ("gloo",))["gloo 0.001"]
+    assert fn.__defaults__[0].device == rank_device()  # the tensor the worker all-reduces
+    # a worker that puts its tensors on rank_device asks for CUDA: NCCL, and its rank's own GPU
+    backend = default_backend(2, device_type="cuda")
+    assert backend == "nccl"
+    _mock_group(monkeypatch, backend, 1)
+    assert rank_device() == torch.device("cuda", 1)
+    assert default_backend(3, device_type="cuda") == "gloo"  # fewer GPUs than ranks
+    with pytest.raises(ValueError, match="device_type"):
+        default_backend(2, device_type="mps")

@@ -14,15 +14,19 @@ from labkit.efficiency.memory import (
     SavedTensorMeter,
     accumulation_step,
     checkpoint_sweep,
+    checkpoint_time_ratio,
     current_rss_bytes,
     gradient_bytes,
     measure_peak,
     optimizer_state_bytes,
     parameter_bytes,
     peak_rss_bytes,
+    recompute_fraction,
     saved_activation_bytes,
     training_memory,
+    training_state_bytes,
 )
+from labkit.metrics import count_flops
 from labkit.models import MLP
 
 
@@ -182,3 +186,36 @@ def test_checkpoint_sweep_rows():
         checkpoint_sweep(model.layers, x, y, [])
     with pytest.raises(TypeError, match="sequential"):
         checkpoint_sweep(model, x, y, [2])
+
+
+@pytest.mark.parametrize("segments", [2, 4])
+def test_recomputation_is_s_minus_1_over_s_of_a_forward(segments):
+    # counted FLOPs: checkpointing adds exactly (s-1)/s of one forward pass (equal Linear segments;
+    # the input requires grad, so every Linear's backward is twice its forward)
+    torch.manual_seed(0)
+    seq = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(32, 32), nn.ReLU())])
+    x = torch.randn(8, 32, requires_grad=True)
+    forward = count_flops(seq, x)
+    plain = count_flops(seq, x, backward=True)
+    ckpt = count_flops(CheckpointedSequential(seq, segments), x, backward=True)
+    assert (ckpt - plain) / forward == pytest.approx(recompute_fraction(segments))
+    assert ckpt / plain == pytest.approx(checkpoint_time_ratio(segments))
+    assert recompute_fraction(1) == 0 and checkpoint_time_ratio(10**6) == pytest.approx(4 / 3, abs=1e-6)
+
+
+def test_training_state_bytes_matches_measured_fp32_adam_and_16_bytes_mixed():
+    model = MLP((64,), hidden=(32,), num_classes=10)
+    n = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.Adam(model.parameters())
+    measured = training_memory(model, opt, torch.randn(4, 64), torch.tensor([0, 1, 2, 3]))
+    fp32 = training_state_bytes(n, precision="fp32", optimizer="adam")
+    assert fp32["weights"] == measured["parameters"] and fp32["gradients"] == measured["gradients"]
+    steps = 4 * len(list(model.parameters()))  # Adam also keeps one float32 step count per tensor
+    assert fp32["optimizer_state"] + steps == measured["optimizer_state"]
+    mixed = training_state_bytes(n, precision="mixed", optimizer="adam")
+    assert mixed["total"] == 16 * n and (mixed["weights"], mixed["master_weights"]) == (2 * n, 4 * n)
+    assert training_state_bytes(n, optimizer="sgd")["total"] == 8 * n
+    with pytest.raises(ValueError, match="precision"):
+        training_state_bytes(n, precision="fp8")
+    with pytest.raises(ValueError, match="segments"):
+        recompute_fraction(0)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from labkit.efficiency import profiling
 from labkit.efficiency.profiling import (
     PHASES,
     BatchStream,
@@ -17,6 +18,8 @@ from labkit.efficiency.profiling import (
     annotated_step,
     phase_times,
     profile_training,
+    sort_key,
+    top_operators,
 )
 
 
@@ -79,6 +82,37 @@ def test_annotated_step_trains_like_a_plain_step():
     ob.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb)
+
+
+class _Avg:
+    def __init__(self, key, cpu_us, device_us):
+        self.key, self.count = key, 1
+        self.self_cpu_time_total, self.self_device_time_total = cpu_us, device_us
+
+
+class _Prof:
+    def key_averages(self):  # on a GPU the launch (CPU) time and the kernel (device) time disagree
+        return [_Avg("aten::mm", 10.0, 900.0), _Avg("aten::copy_", 500.0, 5.0), _Avg("step:forward", 1e6, 1e6)]
+
+
+def test_cuda_profiles_rank_operators_by_device_time():
+    assert sort_key(torch.device("cuda", 0)) == "self_device_time_total"
+    assert sort_key("cpu") == "self_cpu_time_total"
+    on_gpu = top_operators(_Prof(), 2, sort_by=sort_key("cuda"))
+    assert [r["name"] for r in on_gpu] == ["aten::mm", "aten::copy_"] and on_gpu[0]["self_ms"] == 0.9
+    assert [r["name"] for r in top_operators(_Prof(), 2)] == ["aten::copy_", "aten::mm"]
+
+
+def test_unsynchronized_step_syncs_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(profiling, "synchronize", lambda dev: calls.append(dev))
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    annotated_step(model, BatchStream(_loader()), opt)
+    assert len(calls) == 4  # one per phase: honest phase times
+    del calls[:]
+    annotated_step(model, BatchStream(_loader()), opt, sync_phases=False)
+    assert len(calls) == 1  # the trace view: only the end of the step
 
 
 def test_batch_stream_restarts_and_rejects_empty():

@@ -42,6 +42,16 @@ def test_single_process_layers_equal_dense(gen):
     assert [op for op, _ in comm.log] == ["all_reduce"]  # the row layer's forward sum
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_from_dense_keeps_the_dense_layers_dtype(gen, dtype):
+    comm = CountingComm()
+    dense = nn.Linear(6, 4, dtype=dtype)
+    x = torch.randn(5, 6, generator=gen, dtype=dtype)
+    for layer in (ColumnParallelLinear.from_dense(dense, comm), RowParallelLinear.from_dense(dense, comm)):
+        assert {p.dtype for p in layer.parameters()} == {dtype}
+        torch.testing.assert_close(layer(x), dense(x))  # a float64 input used to crash on float32 shards
+
+
 def test_init_from_a_generator_matches_a_dense_draw():
     comm = CountingComm()
     col = ColumnParallelLinear(6, 4, comm=comm, generator=torch.Generator().manual_seed(0))

@@ -13,6 +13,11 @@ and writes the output once, keeping the intermediates in registers::
     bytes moved = sum over ops of (tensors read + tensors written) x numel x element size  (eager)
                 = (distinct inputs + outputs) x numel x element size                     (fused)
 
+A compiled graph is specialised to the shapes it saw. Under automatic dynamic shapes (the
+default) Dynamo compiles the first call with static sizes; at the **first change** of a size,
+i.e. the second distinct shape, it recompiles once with that dimension marked dynamic (a
+symbolic size), and later sizes reuse that graph: :func:`recompile_trace` shows it.
+
 XLA (JAX, and PyTorch on TPUs through torch_xla) works the same way, but compiles the whole
 program, always: TPUs only run compiled graphs, and a new input shape means a new compilation.
 """
@@ -183,3 +188,32 @@ def kernel_excerpt(code: str, name: str, lines: int = 30) -> str:
     if start < 0:
         raise ValueError(f"no kernel named {name!r} in the generated code")
     return "\n".join(code[start:].splitlines()[:lines])
+
+
+def recompile_trace(fn: Callable[[torch.Tensor], object], sizes: Sequence[int]) -> list[dict]:
+    """Call ``torch.compile(fn)`` on 1-D inputs of each of ``sizes`` and report, per call, whether
+    Dynamo compiled a new graph and that graph's inputs: a tensor's shape, or ``'symbolic size'``
+    where a size became a graph input (the dimension is dynamic). Uses a recording backend that
+    runs the graph eagerly (no Inductor), so it is cheap; Dynamo's caches are reset before and
+    after, so earlier compilations do not blur the count. Returns ``[{size, compiled, inputs}]``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if len(sizes) == 0 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(f"sizes must be positive ints, got {list(sizes)!r}")
+    graphs: list[list[str]] = []
+
+    def recording_backend(gm, example_inputs):
+        values = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+        graphs.append([str(tuple(v.shape)) if isinstance(v, torch.Tensor) else "symbolic size" for v in values])
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=recording_backend)
+    rows = []
+    for n in sizes:
+        before = len(graphs)
+        compiled(torch.zeros(n))
+        rows.append({"size": n, "compiled": len(graphs) > before, "inputs": graphs[-1] if len(graphs) > before else []})
+    torch._dynamo.reset()
+    return rows

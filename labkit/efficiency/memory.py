@@ -16,7 +16,15 @@ Two ways to fit a bigger step into memory are here as well:
 
 * :class:`CheckpointedSequential` keeps only each segment's input in the forward pass and
   recomputes the segment during backward (``torch.utils.checkpoint``, ``use_reentrant=False``):
-  memory ~ depth/segments + segment length, for about one extra forward pass (+~33% time).
+  memory ~ depth/segments + segment length. The last segment is not recomputed (its
+  activations are needed at once), so with ``s`` equal segments the extra work is
+  ``(s-1)/s`` of a forward pass (:func:`recompute_fraction`) - with backward ~2x forward, a step
+  costs ``1 + (s-1)/(3s)`` times as much: +17% at s = 2, approaching +33% only as ``s`` grows.
+  So +33% is the *upper* estimate; selective recomputation (recompute only cheap ops such as
+  activations and norms, keep the matmul outputs) costs less still.
+* :func:`training_state_bytes` sizes the parameters, gradients and optimizer state per
+  parameter, in fp32 or in mixed precision (16 bytes per parameter with Adam: the figure ZeRO
+  and FSDP sizing start from).
 * :func:`accumulation_step` splits a batch of N into k micro-batches and adds their gradients,
   each loss weighted by n_i / N, so the step equals one step on the whole batch (for models
   without batch statistics, such as BatchNorm).
@@ -36,6 +44,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from labkit import _args
+from labkit._args import choice, non_negative_int, positive_float, positive_int
 from labkit.metrics import storage_key, tensor_bytes
 from labkit.timing import compare
 
@@ -298,3 +307,45 @@ def accumulation_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: tor
         total += float(loss.detach())
     optimizer.step()
     return total
+
+
+# --- formulas: recomputation and the bytes per parameter ------------------------------------------
+
+
+def recompute_fraction(segments: int) -> float:
+    """Extra forward work of checkpointing with ``segments`` equal segments: ``(s-1)/s`` of one
+    forward pass (every segment but the last is run again during backward)."""
+    positive_int("segments", segments)
+    return (segments - 1) / segments
+
+
+def checkpoint_time_ratio(segments: int, *, backward_to_forward: float = 2.0) -> float:
+    """Predicted (forward + backward) time with checkpointing over without, if time follows FLOPs:
+    ``1 + (s-1)/s / (1 + backward_to_forward)`` - ``1 + (s-1)/(3s)`` for the usual backward of twice
+    the forward's FLOPs, at most 4/3 (the "+33%" is this limit)."""
+    positive_float("backward_to_forward", backward_to_forward)
+    return 1 + recompute_fraction(segments) / (1 + backward_to_forward)
+
+
+_OPTIMIZER_STATE = {"sgd": 0, "momentum": 4, "adam": 8}  # fp32 bytes per parameter
+_PRECISION = {"fp32": (4, 4, 0), "mixed": (2, 2, 4)}  # weights, gradients, fp32 master copy
+
+
+def training_state_bytes(n_params: int, *, precision: str = "fp32", optimizer: str = "adam") -> dict[str, int]:
+    """Bytes of the training state of ``n_params`` parameters (activations not included).
+
+    ``precision='fp32'``: 4 (weights) + 4 (gradients) + optimizer state. ``'mixed'`` (bf16 or fp16
+    training with fp32 master weights, the usual recipe): 2 (low-precision weights) + 2 (their
+    gradients) + 4 (fp32 master weights) + optimizer state, kept in fp32: Adam's two moments are
+    8, momentum 4, SGD 0. Mixed precision with Adam is the ZeRO paper's ``2 + 2 + 12 = 16`` bytes
+    per parameter; fp32 Adam is also 16 (4 + 4 + 8): mixed precision saves activation memory and
+    time, not state. Returns ``{weights, gradients, master_weights, optimizer_state, total}``.
+    Used by lessons 02 and 03.
+    """
+    non_negative_int("n_params", n_params)
+    choice("precision", precision, _PRECISION)
+    choice("optimizer", optimizer, _OPTIMIZER_STATE)
+    weights, grads, master = (n_params * b for b in _PRECISION[precision])
+    state = n_params * _OPTIMIZER_STATE[optimizer]
+    return {"weights": weights, "gradients": grads, "master_weights": master, "optimizer_state": state,
+            "total": weights + grads + master + state}

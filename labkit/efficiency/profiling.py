@@ -17,6 +17,12 @@ A coverage near 1 means nothing hides between the phases (Python glue, logging, 
 ``.item()``); the lesson asks for at least 0.9. On a GPU each phase ends with a synchronize, so
 that the CPU-side range measures the device's work and not only its launch.
 
+On a GPU the operator table is sorted by *device* time (:func:`sort_key`): the CPU time of a
+CUDA op is only its launch. And the per-phase synchronizations that make the phase times honest
+also serialize the CPU and the GPU, hiding the overlap a real step has: so on CUDA the trace
+written for the trace view comes from a second profiled run without them (one synchronize per
+step only).
+
 Comparing two ways of doing the same step (checkpointed or not, compiled or not) on a busy
 machine is fairer when they are timed in turns: :func:`labkit.timing.compare` does that for
 the lesson's other modules.
@@ -67,26 +73,35 @@ class BatchStream:
 
 
 def annotated_step(model: nn.Module, batches: BatchStream, optimizer: torch.optim.Optimizer, *,
-                   loss_fn: Callable | None = None, device=None) -> torch.Tensor:
+                   loss_fn: Callable | None = None, device=None, sync_phases: bool = True) -> torch.Tensor:
     """One training step with its four phases marked by ``record_function`` (see module doc).
 
-    Returns the (detached) loss. Outside a profiler the ranges cost almost nothing.
+    ``sync_phases=True`` synchronizes the device after each phase (honest phase times);
+    ``False`` only after the step (an undisturbed trace). Returns the (detached) loss. Outside a
+    profiler the ranges cost almost nothing.
     """
     dev = torch.device("cpu") if device is None else get_device(device)
     loss_fn = loss_fn or nn.functional.cross_entropy
+
+    def phase_end():
+        if sync_phases:
+            synchronize(dev)
+
     with record_function(PREFIX + "data"):
         x, y = batches.next()
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        synchronize(dev)
+        phase_end()
     with record_function(PREFIX + "forward"):
         loss = loss_fn(model(x), y)
-        synchronize(dev)
+        phase_end()
     with record_function(PREFIX + "backward"):
         loss.backward()
-        synchronize(dev)
+        phase_end()
     with record_function(PREFIX + "optimizer"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        phase_end()
+    if not sync_phases:
         synchronize(dev)
     return loss.detach()
 
@@ -98,7 +113,7 @@ class StepProfile:
     phases: dict[str, float]  # mean seconds per step of each phase
     wall: float  # mean wall-clock seconds per step (time.perf_counter around the profiled steps)
     steps: int
-    table: str = field(repr=False)  # torch's key_averages() table, by self CPU time
+    table: str = field(repr=False)  # torch's key_averages() table, by self CPU (GPU: device) time
     top_ops: tuple[dict, ...] = field(repr=False)  # the busiest operators: name, self_ms, calls
     trace_path: Path | None = None
 
@@ -131,12 +146,19 @@ def phase_times(events, phases: Iterable[str] = PHASES, *, steps: int = 1) -> di
     return {p: t / steps for p, t in totals.items()}
 
 
-def top_operators(prof, n: int = 8) -> tuple[dict, ...]:
-    """The ``n`` operators with the most self CPU time (our phase ranges left out)."""
+def sort_key(device) -> str:
+    """The profiler column to rank operators by: ``self_device_time_total`` on a CUDA device (a
+    kernel's CPU time is only its launch), else ``self_cpu_time_total``."""
+    return "self_device_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
+
+
+def top_operators(prof, n: int = 8, *, sort_by: str = "self_cpu_time_total") -> tuple[dict, ...]:
+    """The ``n`` operators with the most self time in column ``sort_by`` (see :func:`sort_key`;
+    our phase ranges left out)."""
     _check_int("n", n, 1)
     rows = [e for e in prof.key_averages() if not e.key.startswith(PREFIX) and e.key != "ProfilerStep*"]
-    rows.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return tuple({"name": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows[:n])
+    rows.sort(key=lambda e: getattr(e, sort_by), reverse=True)
+    return tuple({"name": e.key, "self_ms": getattr(e, sort_by) / 1e3, "calls": e.count} for e in rows[:n])
 
 
 def profile_training(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *,
@@ -171,6 +193,19 @@ def profile_training(model: nn.Module, loader: Iterable, optimizer: torch.optim.
     if trace_path is not None:
         path = Path(trace_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        prof.export_chrome_trace(str(path))
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
-    return StepProfile(phase_times(prof.events(), steps=steps), wall, steps, table, top_operators(prof), path)
+        _trace_profile(prof, model, batches, optimizer, loss_fn, dev, steps, activities).export_chrome_trace(str(path))
+    key = sort_key(dev)
+    table = prof.key_averages().table(sort_by=key, row_limit=row_limit)
+    return StepProfile(phase_times(prof.events(), steps=steps), wall, steps, table,
+                       top_operators(prof, sort_by=key), path)
+
+
+def _trace_profile(prof, model, batches, optimizer, loss_fn, dev, steps, activities):
+    """The profile to write as a trace: ``prof`` itself on a CPU; on CUDA a fresh run of
+    ``steps`` steps without per-phase synchronization, so the trace shows the real overlap."""
+    if dev.type != "cuda":
+        return prof
+    with profile(activities=activities) as trace:
+        for _ in range(steps):
+            annotated_step(model, batches, optimizer, loss_fn=loss_fn, device=dev, sync_phases=False)
+    return trace

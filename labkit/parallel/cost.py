@@ -1,16 +1,24 @@
 """Timing collectives and the all-reduce cost model (lesson ``03_data_parallelism``).
 
-The cost model of a ring all-reduce of ``N`` bytes on ``p`` ranks (Thakur et al., 2005; the
-"alpha-beta" model)::
+The ring all-reduce (Patarasuk & Yuan, 2009; popularised for deep learning by Baidu, 2017)
+of ``N`` bytes on ``p`` ranks takes ``2(p-1)`` steps - ``p-1`` of reduce-scatter, ``p-1`` of
+all-gather - and in each step every rank sends ``N/p`` bytes to its neighbour. In the
+"alpha-beta" cost model (surveyed by Thakur, Rabenseifner & Gropp, 2005)::
 
-    time = alpha + N x 2 (p-1)/p / bandwidth
+    time = 2(p-1) x alpha + 2(p-1)/p x N / bandwidth
 
-``alpha`` is the fixed start-up cost (latency, synchronisation, Python), ``bandwidth`` the
-bytes per second one rank can push through the ring (its algorithm bandwidth), and
-``2 (p-1)/p x N`` the bytes each rank sends (:func:`labkit.parallel.ring.ring_bytes_sent`).
+``alpha`` is the latency of one step, ``2(p-1)/p x N`` the bytes each rank sends
+(:func:`ring_traffic`, :func:`labkit.parallel.ring.ring_bytes_sent`) and ``bandwidth`` the
+*bus* bandwidth: bytes per second over one rank's link. It is what nccl-tests prints as
+``busbw = algbw x 2(p-1)/p``, where the *algorithm* bandwidth ``algbw = N / time`` is the
+message size over the time (it falls as ``p`` grows; the bus bandwidth does not).
+
 :func:`fit_cost_model` finds ``alpha`` and ``bandwidth`` by least squares from measured
-all-reduces (:func:`allreduce_sweep`), and lesson 03 checks the model against measured
-data-parallel step times.
+all-reduces (:func:`allreduce_sweep`). Real calls also pay a fixed per-call cost (Python, the
+launch, a barrier) that does not grow with ``p``: with rows at two or more world sizes the fit
+separates it as ``overhead`` (``time = overhead + 2(p-1) alpha + traffic / bandwidth``); from a
+single world size it cannot, and ``alpha`` then holds ``(overhead + 2(p-1) alpha_true) / 2(p-1)``.
+Lesson 03 checks the model against measured data-parallel step times.
 
 Why not :func:`labkit.timing.time_fn` here: its auto-ranging picks how many runs to time from
 the local clock, so two ranks could pick different counts - and a collective that one rank
@@ -97,8 +105,9 @@ def sweep_functions(sizes_mb: Sequence[float], impls: Sequence[str] = ("gloo", "
 
 
 def sweep_rows(timings: dict[str, dict], world_size: int) -> list[dict]:
-    """Rows ``{impl, world_size, bytes, traffic, seconds, iqr, busbw_gbs}`` from the timings of
-    :func:`sweep_functions` (other keys are ignored). Bus bandwidth = traffic / time."""
+    """Rows ``{impl, world_size, bytes, traffic, seconds, iqr, busbw_gbs, algbw_gbs}`` from the
+    timings of :func:`sweep_functions` (other keys are ignored). Bus bandwidth = traffic / time
+    = ``algbw x 2(p-1)/p``; algorithm bandwidth = bytes / time (nccl-tests' names)."""
     _args.mapping("timings", timings, what="a dict of name -> timing (from time_collectives)")
     _args.positive_int("world_size", world_size)
     rows = []
@@ -109,7 +118,8 @@ def sweep_rows(timings: dict[str, dict], world_size: int) -> list[dict]:
         nbytes = max(1, int(float(mb) * 2**20) // 4) * 4
         traffic = ring_traffic(nbytes, world_size)
         rows.append({"impl": impl, "world_size": world_size, "bytes": nbytes, "traffic": traffic, "seconds": t["median"],
-                     "iqr": t["iqr"], "busbw_gbs": traffic / t["median"] / 1e9 if world_size > 1 else float("nan")})
+                     "iqr": t["iqr"], "busbw_gbs": traffic / t["median"] / 1e9 if world_size > 1 else float("nan"),
+                     "algbw_gbs": nbytes / t["median"] / 1e9 if world_size > 1 else float("nan")})
     return rows
 
 
@@ -124,12 +134,18 @@ def allreduce_sweep(sizes_mb: Sequence[float] = (1, 4, 16, 64), *, impls: Sequen
 
 @dataclass(frozen=True)
 class CostModel:
-    """``time = alpha + 2 (p-1)/p x bytes / bandwidth`` (seconds, bytes/s), with fit quality."""
+    """``time = overhead + 2(p-1) x alpha + 2(p-1)/p x bytes / bandwidth`` (seconds, bytes/s).
+
+    ``alpha`` is the latency of one ring step, ``bandwidth`` the bus bandwidth (see the module
+    doc), ``overhead`` a fixed cost per call (0 unless fitted from several world sizes); ``r2``
+    and ``points`` describe the fit.
+    """
 
     alpha: float
     bandwidth: float
     r2: float = float("nan")
     points: int = 0
+    overhead: float = 0.0
 
     def __post_init__(self):
         _args.fields(self)
@@ -140,42 +156,60 @@ class CostModel:
         """Predicted all-reduce seconds for ``nbytes`` on ``world_size`` ranks (0 for one rank)."""
         if _args.positive_int("world_size", world_size) == 1:
             return 0.0
-        return self.alpha + ring_traffic(nbytes, world_size) / self.bandwidth
+        return self.overhead + 2 * (world_size - 1) * self.alpha + ring_traffic(nbytes, world_size) / self.bandwidth
 
     def __str__(self) -> str:
-        return (f"all-reduce time = {self.alpha * 1e3:.3f} ms + 2(p-1)/p x bytes / {self.bandwidth / 1e9:.2f} GB/s"
-                f"  (R^2 = {self.r2:.3f}, {self.points} points)")
+        head = f"{self.overhead * 1e3:.3f} ms + " if self.overhead else ""
+        return (f"all-reduce time = {head}2(p-1) x {self.alpha * 1e3:.3f} ms + 2(p-1)/p x bytes / "
+                f"{self.bandwidth / 1e9:.2f} GB/s bus bandwidth  (R^2 = {self.r2:.3f}, {self.points} points)")
+
+
+def _non_negative_lstsq(a: np.ndarray, y: np.ndarray, keep: int) -> np.ndarray:
+    """Least squares ``a @ c ~ y`` with the first ``keep`` coefficients held >= 0 (a time can't
+    be negative): a negative one is set to 0 and the rest refitted."""
+    free = list(range(a.shape[1]))
+    while True:
+        coef = np.zeros(a.shape[1])
+        coef[free] = np.linalg.lstsq(a[:, free], y, rcond=None)[0]
+        negative = [j for j in free if j < keep and coef[j] < 0]
+        if not negative:
+            return coef
+        free.remove(min(negative, key=lambda j: coef[j]))
 
 
 def fit_cost_model(rows: Sequence[dict], *, relative: bool = True) -> CostModel:
-    """Least-squares fit of ``seconds = alpha + beta x traffic``; ``bandwidth = 1 / beta``.
+    """Least-squares fit of ``seconds = [overhead +] 2(p-1) x alpha + traffic / bandwidth``.
 
-    ``rows`` need ``seconds`` and either ``traffic`` or ``bytes`` and ``world_size`` (rows of
-    :func:`allreduce_sweep`); rows of a single rank carry no traffic and are left out. With
-    ``relative=True`` each row is weighted by ``1 / seconds``, so the fit minimises relative
-    errors and a 64 MB message does not drown a 64 kB one. ``alpha`` is a time, so it is held
-    at 0 when the free fit would make it negative.
+    ``rows`` need ``seconds`` and either ``traffic`` or ``bytes``, plus ``world_size`` (rows of
+    :func:`allreduce_sweep`; a row without ``world_size`` counts as ``p = 2``); rows of a single
+    rank carry no traffic and are left out. With rows at two or more world sizes ``overhead``
+    is fitted too; at one world size it cannot be told from ``alpha`` and stays 0 (``alpha``
+    then absorbs it). With ``relative=True`` each row is weighted by ``1 / seconds``, so the fit
+    minimises relative errors and a 64 MB message does not drown a 64 kB one. ``overhead`` and
+    ``alpha`` are times, so they are held at 0 when the free fit would make them negative.
     """
     for i, row in enumerate(_args.sequence("rows", rows, what="a list of dicts (rows of allreduce_sweep)")):
         _args.mapping(f"rows[{i}]", row)
         if "seconds" not in row or ("traffic" not in row and not {"bytes", "world_size"} <= row.keys()):
             raise ValueError(f"rows[{i}] needs 'seconds' and 'traffic' (or 'bytes' and 'world_size'), got {sorted(row)}")
-    pts = [(r["traffic"] if "traffic" in r else ring_traffic(r["bytes"], r["world_size"]), r["seconds"])
-           for r in rows if r.get("world_size", 2) > 1]
+    pts = [(r["traffic"] if "traffic" in r else ring_traffic(r["bytes"], r["world_size"]), r.get("world_size", 2),
+            r["seconds"]) for r in rows if r.get("world_size", 2) > 1]
     if len(pts) < 2:
         raise ValueError(f"need at least 2 measurements from more than one rank to fit, got {len(pts)}")
-    x = np.array([p[0] for p in pts], dtype=float)
-    y = np.array([p[1] for p in pts], dtype=float)
+    x, p, y = (np.array(col, dtype=float) for col in zip(*pts))
     if np.ptp(x) == 0:
         raise ValueError("all measurements have the same traffic: sweep several sizes")
     if np.any(y <= 0):
         raise ValueError("measured times must be positive")
     w = 1 / y if relative else np.ones_like(y)
-    (alpha, beta), *_ = np.linalg.lstsq(np.stack([w, w * x], axis=1), w * y, rcond=None)
-    if alpha < 0:  # constrained: alpha = 0, beta by (weighted) least squares through the origin
-        alpha, beta = 0.0, float(np.sum(w * w * x * y) / np.sum(w * w * x * x))
+    columns = [2 * (p - 1), x]
+    several_p = np.ptp(p) > 0 and len(pts) >= 3
+    if several_p:
+        columns.insert(0, np.ones_like(x))
+    coef = _non_negative_lstsq(np.stack(columns, axis=1) * w[:, None], w * y, keep=len(columns) - 1)
+    overhead, alpha, beta = coef if several_p else (0.0, *coef)
     if beta <= 0:
         raise ValueError(f"the fit found time falling with size (slope {beta:.3g}): the measurements are too noisy")
-    resid = y - (alpha + beta * x)
+    resid = y - np.stack(columns, axis=1) @ coef
     r2 = 1 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum()) if np.ptp(y) > 0 else float("nan")
-    return CostModel(float(alpha), float(1 / beta), r2, len(pts))
+    return CostModel(float(alpha), float(1 / beta), r2, len(pts), float(overhead))

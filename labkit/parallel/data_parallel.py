@@ -65,7 +65,7 @@ def average_gradients_(model: nn.Module, *, group=None,
 
     ``all_reduce(tensor)`` defaults to ``dist.all_reduce``; pass
     ``labkit.parallel.ring.ring_all_reduce_`` to use the hand-written ring. Returns the number
-    of all-reduce calls (one per parameter: each pays the start-up cost ``alpha``).
+    of all-reduce calls (one per parameter: each pays the start-up cost ``2(p-1) alpha``).
     """
     _args.module("model", model)
     if all_reduce is not None:
@@ -213,6 +213,7 @@ def wrap_ddp(model: nn.Module, *, bucket_mb: float = 25.0) -> tuple[nn.Module, d
 
 
 def _train_mode(mode: str, *, steps, batch_size, lr, seed, hidden, micro, bucket_mb, data):
+    """``steps`` SGD steps in one data-parallel ``mode`` on this rank; see :func:`dp_equivalence`."""
     rank, p = dist.get_rank(), dist.get_world_size()
     if batch_size % p or (batch_size // p) % micro:
         raise ValueError(f"batch_size {batch_size} must split into {p} ranks x {micro} equal micro-batches")
@@ -227,36 +228,55 @@ def _train_mode(mode: str, *, steps, batch_size, lr, seed, hidden, micro, bucket
         x, y = global_batch(s, batch_size, data=data)
         x, y = shard_batch(x, rank, p), shard_batch(y, rank, p)
         opt.zero_grad()
-        if mode in ("ddp_accumulate", "ddp_no_sync"):  # accumulate gradients over `micro` micro-batches
-            xs, ys, loss = x.chunk(micro), y.chunk(micro), 0.0
-            for k in range(micro):  # no_sync: all-reduce on the last micro-batch only
-                skip = mode == "ddp_no_sync" and k < micro - 1
-                with model.no_sync() if skip else contextlib.nullcontext():
-                    part = nn.functional.cross_entropy(model(xs[k]), ys[k]) / micro
-                    part.backward()
-                loss = loss + part.detach()
+        if mode in ("ddp_accumulate", "ddp_no_sync"):
+            loss = _accumulate(model, x, y, micro, no_sync=mode == "ddp_no_sync")
         else:
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            if mode == "naive":
-                calls += average_gradients_(model)
-            elif mode == "ring":
-                calls += average_gradients_(model, all_reduce=ring_all_reduce_)
-            elif mode == "bucketed":
-                model.finish_gradient_sync()
-                calls += len(model.buckets)
+            loss, step_calls = _synced_backward(mode, model, x, y)
+            calls += step_calls
         opt.step()
         losses.append(loss.detach())
+    return {**_agreement(model, losses), "allreduce_calls": calls + len(log["events"])}
+
+
+def _accumulate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int, *, no_sync: bool) -> torch.Tensor:
+    """Gradients accumulated over ``micro`` micro-batches (DDP all-reduces after each; with
+    ``no_sync`` only after the last). Returns the shard's mean loss."""
+    xs, ys, loss = x.chunk(micro), y.chunk(micro), 0.0
+    for k in range(micro):
+        skip = no_sync and k < micro - 1
+        with model.no_sync() if skip else contextlib.nullcontext():
+            part = nn.functional.cross_entropy(model(xs[k]), ys[k]) / micro
+            part.backward()
+        loss = loss + part.detach()
+    return loss
+
+
+def _synced_backward(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Forward, backward and the mode's gradient averaging; returns the loss and the number of
+    all-reduce calls made outside DDP (DDP's own are counted from its log)."""
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    if mode == "naive":
+        return loss, average_gradients_(model)
+    if mode == "ring":
+        return loss, average_gradients_(model, all_reduce=ring_all_reduce_)
+    if mode == "bucketed":
+        model.finish_gradient_sync()
+        return loss, len(model.buckets)
+    return loss, 0
+
+
+def _agreement(model: nn.Module, losses: list[torch.Tensor]) -> dict:
+    """The batch-mean loss of each step (one all-reduce for all of them), this rank's parameters,
+    and ``rank_spread``: the largest difference of any parameter between ranks."""
+    p = dist.get_world_size()
     losses = torch.stack(losses)
-    dist.all_reduce(losses)  # one message for all the steps' losses: the batch mean of each step
-    losses = (losses / p).tolist()
+    dist.all_reduce(losses)
     params = nn.utils.parameters_to_vector(model.parameters()).detach()
-    spread = params.clone()
-    lo = params.clone()
-    dist.all_reduce(spread, op=dist.ReduceOp.MAX)
+    hi, lo = params.clone(), params.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    calls += len(log["events"])
-    return {"params": params, "losses": losses, "rank_spread": float((spread - lo).max()), "allreduce_calls": calls}
+    return {"params": params, "losses": (losses / p).tolist(), "rank_spread": float((hi - lo).max())}
 
 
 def dp_equivalence(modes: Sequence[str] = MODES, *, steps: int = 5, batch_size: int = 64, lr: float = 0.5,

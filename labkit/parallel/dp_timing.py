@@ -14,7 +14,7 @@ over the ranks (strong scaling),
 and all-reduces of several sizes to fit the cost model (:mod:`labkit.parallel.cost`), all
 interleaved by :func:`labkit.parallel.cost.time_collectives` (slowest rank, median of the
 repetitions), so a passing load on a shared machine hits every figure alike. The prediction
-``compute + optimizer + sum_tensors (alpha + 2(p-1)/p x bytes / bandwidth)``
+``compute + optimizer + sum_tensors (2(p-1) alpha + 2(p-1)/p x bytes / bandwidth)``
 (:func:`predict_naive_step`) is what the lesson checks against ``naive_step``.
 """
 
@@ -92,48 +92,15 @@ def step_timing(*, batch_size: int = 240, hidden: Sequence[int] = (1024, 1024, 1
     x, y = global_batch(0, batch_size, data=data)
     x, y = shard_batch(x, rank, p), shard_batch(y, rank, p)
     model = build_model(seed=seed, hidden=hidden)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss_fn = nn.functional.cross_entropy
-
-    def fwd_bwd():
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-
-    def naive_step():
-        fwd_bwd()
-        average_gradients_(model)
-        opt.step()
-
     out = {"world_size": p, "threads": torch.get_num_threads(), "local_batch": batch_size // p,
            "params": sum(q.numel() for q in model.parameters()),
            "tensor_bytes": [q.numel() * q.element_size() for q in model.parameters()]}
     out["grad_bytes"] = sum(out["tensor_bytes"])
+    fns = _naive_phases(model, x, y)
     ddp, log = wrap_ddp(build_model(seed=seed, hidden=hidden), bucket_mb=bucket_mb)
-    ddp_opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
     ours = BucketedDataParallel(build_model(seed=seed, hidden=hidden), bucket_mb=bucket_mb)
-    ours_opt = torch.optim.SGD(ours.parameters(), lr=0.01)
-
-    def ddp_step(on_backward=lambda: None, marks=None):
-        ddp_opt.zero_grad()
-        loss = loss_fn(ddp(x), y)
-        on_backward()
-        loss.backward()  # DDP waits for its all-reduces at the end of backward
-        _mark(marks, "backward_end")
-        ddp_opt.step()
-        _mark(marks, "step_end")
-
-    def ours_step(on_backward=lambda: None, marks=None):
-        ours_opt.zero_grad()
-        loss = loss_fn(ours(x), y)
-        on_backward()
-        loss.backward()  # buckets launch from inside backward, as their gradients appear
-        _mark(marks, "backward_end")
-        ours.finish_gradient_sync()
-        ours_opt.step()
-        _mark(marks, "step_end")
-
-    fns = {"compute": fwd_bwd, "optimizer": opt.step, "comm": lambda: average_gradients_(model),
-           "naive_step": naive_step, "ddp_step": ddp_step, "bucketed_step": ours_step}
+    fns["ddp_step"] = ddp_step = _wrapped_step(ddp, x, y)
+    fns["bucketed_step"] = ours_step = _wrapped_step(ours, x, y, finish=ours.finish_gradient_sync)
     if p > 1:  # the all-reduce sweep runs interleaved with the steps: same load, same moment
         fns.update(sweep_functions(sizes_mb, ("gloo",)))
     timings = time_collectives(fns, repeats=repeats)
@@ -146,14 +113,63 @@ def step_timing(*, batch_size: int = 240, hidden: Sequence[int] = (1024, 1024, 1
     out["timeline_ddp"] = _timeline(ddp_step, log["events"])
     out["timeline_ours"] = _timeline(ours_step, ours.events)
     ours.remove_hooks()
-
-    previous = torch.get_num_threads()
-    out["by_threads"] = {}
-    for n in thread_counts:  # the thread count it already ran with is measured above
-        torch.set_num_threads(n)
-        out["by_threads"][n] = out["naive_step"] if n == previous else time_collective(naive_step, repeats=repeats)["median"]
-    torch.set_num_threads(previous)
+    out["by_threads"] = _by_threads(fns["naive_step"], thread_counts, out["naive_step"], repeats)
     return out
+
+
+def _naive_phases(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The naive step and its phases, each a function to time: ``compute`` (zero_grad, forward,
+    backward), ``comm`` (one all-reduce per gradient tensor), ``optimizer`` and ``naive_step``.
+
+    Not :func:`labkit.train.make_train_step`: that builder returns one closure for the whole step
+    (and trains a copy of the model), while the lesson times the phases separately, with the
+    all-reduce *between* backward and the update, all on the same model."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def fwd_bwd():
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+
+    def naive_step():
+        fwd_bwd()
+        average_gradients_(model)
+        opt.step()
+
+    return {"compute": fwd_bwd, "optimizer": opt.step, "comm": lambda: average_gradients_(model),
+            "naive_step": naive_step}
+
+
+def _wrapped_step(wrapped: nn.Module, x: torch.Tensor, y: torch.Tensor, *, finish=lambda: None):
+    """``step(on_backward, marks)`` of a DDP-style wrapper whose all-reduces run inside backward;
+    ``finish`` waits for any still in flight (``BucketedDataParallel.finish_gradient_sync``; DDP
+    waits by itself at the end of backward). ``marks`` records ``backward_end`` and ``step_end``."""
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.01)
+
+    def step(on_backward=lambda: None, marks=None):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(wrapped(x), y)
+        on_backward()
+        loss.backward()
+        _mark(marks, "backward_end")
+        finish()
+        opt.step()
+        _mark(marks, "step_end")
+
+    return step
+
+
+def _by_threads(naive_step, thread_counts: Sequence[int], current_time: float, repeats: int) -> dict:
+    """The naive step's median time with each intra-op thread count (the count it already ran
+    with reuses ``current_time``)."""
+    previous = torch.get_num_threads()
+    times = {}
+    try:
+        for n in thread_counts:
+            torch.set_num_threads(n)
+            times[n] = current_time if n == previous else time_collective(naive_step, repeats=repeats)["median"]
+    finally:
+        torch.set_num_threads(previous)
+    return times
 
 
 def _mark(marks: dict | None, name: str) -> None:

@@ -4,8 +4,10 @@
     from labkit.parallel.examples import hello
     results = launch(hello, world_size=2)      # one result per rank, in rank order
 
-Each rank is a fresh process (``spawn``), joined into one process group (gloo on CPUs, NCCL
-when every rank has its own GPU). The worker is a plain function importable from a module (a
+Each rank is a fresh process (``spawn``), joined into one process group: gloo by default,
+because the course's workers keep their tensors on the CPU; NCCL only when asked for
+(``backend='nccl'``, one GPU per rank) by a worker that puts its tensors on :func:`rank_device`
+(NCCL cannot reduce CPU tensors, and gloo on GPU tensors would copy them through the host). The worker is a plain function importable from a module (a
 function defined in a notebook cell can't be pickled under spawn); inside it, ask
 ``torch.distributed`` for the rank and world size, exactly as under ``torchrun``. The same
 worker runs from a terminal with ``python -m labkit.parallel.run`` under torchrun.
@@ -80,10 +82,17 @@ def check_port(port: int, host: str = "127.0.0.1") -> int:
     return port
 
 
-def default_backend(world_size: int) -> str:
-    """``nccl`` when there is one CUDA GPU per rank, else ``gloo`` (CPUs)."""
+def default_backend(world_size: int, *, device_type: str = "cpu") -> str:
+    """The backend that matches where the worker's tensors live (``device_type``).
+
+    ``gloo`` for CPU tensors - the default, and what every lesson-03 worker uses, even on a
+    machine with GPUs; ``nccl`` for CUDA tensors when there is one GPU per rank (the worker
+    must then put its tensors on :func:`rank_device`), else ``gloo``.
+    """
     world_size = _args.positive_int("world_size", world_size)
-    if dist.is_nccl_available() and torch.cuda.is_available() and torch.cuda.device_count() >= world_size:
+    _args.choice("device_type", device_type, ("cpu", "cuda"))
+    if (device_type == "cuda" and dist.is_nccl_available() and torch.cuda.is_available()
+            and torch.cuda.device_count() >= world_size):
         return "nccl"
     return "gloo"
 
@@ -338,8 +347,9 @@ def launch(worker: Callable, world_size: int, *args, backend: str | None = None,
            port: int | None = None, host: str = "127.0.0.1", threads_per_rank: int | None = None, **kwargs) -> list:
     """Run ``worker(*args, **kwargs)`` on ``world_size`` processes; return each rank's result.
 
-    ``threads_per_rank`` defaults to the cores divided among the ranks (at least 1), so ranks
-    don't fight over cores. Raises :class:`WorkerError` (with the failing rank's traceback) or
+    ``backend`` defaults to ``gloo`` (CPU tensors, :func:`default_backend`); pass ``'nccl'`` only
+    for a worker whose tensors live on :func:`rank_device`. ``threads_per_rank`` defaults to the
+    cores divided among the ranks (at least 1), so ranks don't fight over cores. Raises :class:`WorkerError` (with the failing rank's traceback) or
     ``TimeoutError``; in both cases every process has been stopped before this returns.
     """
     spec = worker_spec(worker)

@@ -104,35 +104,18 @@ def run_stage(stage: nn.Module, ops: Sequence[tuple[str, int]], comm: CountingCo
     rank computes instead of after it asks."""
     rank, world = comm.rank, comm.world_size
     first, last = rank == 0, rank == world - 1
-    dev = comm.device
-
-    def now():  # on a GPU, wait for the queued kernels before reading the clock
-        synchronize(dev)
-        return time.perf_counter()
-
-    # the receives this rank needs, in the order its ops need them
-    needs = [(k, i) for k, i in ops if (k == "F" and not first) or (k == "B" and not last)]
-    posted, state = {}, {"posted": 0, "used": 0}
-
-    def receive(kind, i):
-        state["used"] += 1
-        while state["posted"] < min(state["used"] + lookahead, len(needs)):
-            k, j = needs[state["posted"]]
-            posted[(k, j)] = (comm.irecv(in_shapes[j], src=rank - 1, tag=2 * j) if k == "F"
-                              else comm.irecv(out_shapes[j], src=rank + 1, tag=2 * j + 1))
-            state["posted"] += 1
-        return posted.pop((kind, i)).wait()
-
+    receive = _Receiver(ops, comm, in_shapes, out_shapes, lookahead)
     held, pending, events, outputs, cpu = {}, [], [], {}, 0.0
     for kind, i in ops:
         if kind == "F":
             x = inputs[i] if first else receive("F", i).requires_grad_()
-            start, c0 = now(), time.thread_time()
-            with meter if meter is not None else contextlib.nullcontext():
-                out = stage(x)
-                loss = loss_fn(out, targets[i]) * (len(out) / batch) if last else None
-            events.append(Slot(rank, "F", i, start - t0, now() - t0))
-            cpu += time.thread_time() - c0
+
+            def forward(x=x, i=i):
+                with meter if meter is not None else contextlib.nullcontext():
+                    out = stage(x)
+                    return out, loss_fn(out, targets[i]) * (len(out) / batch) if last else None
+
+            (out, loss), slot, seconds = _timed(forward, comm, "F", i, t0)
             if last:
                 outputs[i] = out.detach()
             else:
@@ -141,16 +124,50 @@ def run_stage(stage: nn.Module, ops: Sequence[tuple[str, int]], comm: CountingCo
         else:
             grad = None if last else receive("B", i)
             x, y = held.pop(i)
-            start, c0 = now(), time.thread_time()
-            torch.autograd.backward(y, grad)
-            events.append(Slot(rank, "B", i, start - t0, now() - t0))
-            cpu += time.thread_time() - c0
+            _, slot, seconds = _timed(lambda y=y, grad=grad: torch.autograd.backward(y, grad), comm, "B", i, t0)
             if not first:
                 pending.append(comm.isend(x.grad, dst=rank - 1, tag=2 * i + 1))
             del x, y
+        events.append(slot)
+        cpu += seconds
     for work in pending:
         work.wait()
     return events, [outputs[i] for i in sorted(outputs)], cpu
+
+
+class _Receiver:
+    """``receive(kind, i)``: the tensor for op ``(kind, i)``, its ``irecv`` posted ``lookahead``
+    receives early, in the order this rank's ops need them (tags ``2i`` activations from the
+    previous stage, ``2i+1`` gradients from the next)."""
+
+    def __init__(self, ops, comm: CountingComm, in_shapes, out_shapes, lookahead: int):
+        first, last = comm.rank == 0, comm.rank == comm.world_size - 1
+        self.needs = [(k, i) for k, i in ops if (k == "F" and not first) or (k == "B" and not last)]
+        self.comm, self.in_shapes, self.out_shapes, self.lookahead = comm, in_shapes, out_shapes, lookahead
+        self.posted, self.n_posted, self.n_used = {}, 0, 0
+
+    def __call__(self, kind: str, i: int) -> torch.Tensor:
+        self.n_used += 1
+        while self.n_posted < min(self.n_used + self.lookahead, len(self.needs)):
+            k, j = self.needs[self.n_posted]
+            rank = self.comm.rank
+            self.posted[(k, j)] = (self.comm.irecv(self.in_shapes[j], src=rank - 1, tag=2 * j) if k == "F"
+                                   else self.comm.irecv(self.out_shapes[j], src=rank + 1, tag=2 * j + 1))
+            self.n_posted += 1
+        return self.posted.pop((kind, i)).wait()
+
+
+def _timed(fn, comm: CountingComm, kind: str, i: int, t0: float):
+    """``(fn(), Slot, cpu_seconds)``: the op's wall interval after ``t0`` (the device synchronized
+    before each clock reading, so a GPU's queued kernels count) and this thread's CPU time."""
+    def now():
+        synchronize(comm.device)
+        return time.perf_counter()
+
+    start, c0 = now(), time.thread_time()
+    result = fn()
+    end = now()
+    return result, Slot(comm.rank, kind, i, start - t0, end - t0), time.thread_time() - c0
 
 
 def _setup(width, depth, batch, micro_batches, seed):

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("worker", help="module:function")
     parser.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
-    parser.add_argument("--backend", default=None, choices=("gloo", "nccl"))
+    parser.add_argument("--backend", default=None, choices=("gloo", "nccl"),
+                        help="gloo (default: CPU tensors) or nccl (worker uses rank_device)")
     args = parser.parse_args(argv)
     try:
         worker = resolve(args.worker)

@@ -16,6 +16,11 @@ two operators are conjugate autograd functions: ``f`` (identity forward, all-red
 in front of the column layer and ``g`` (all-reduce forward, identity backward) after the row
 layer - one all-reduce each way per MLP block.
 
+What it does *not* shard: the activations at the block boundaries - each pair's input, the
+residual stream, the normalisations - are full ``B x d`` tensors on every rank. Sequence
+parallelism splits those along the sequence dimension (the all-reduce becomes a reduce-scatter
+and an all-gather); it is not implemented here.
+
 :func:`tp_worker` checks this against the dense model; :func:`dtensor_worker` does the same with
 PyTorch's DTensor (``parallelize_module`` with ``ColwiseParallel`` / ``RowwiseParallel``).
 """
@@ -89,11 +94,11 @@ def shard(tensor: torch.Tensor, dim: int, rank: int, world_size: int) -> torch.T
     return tensor.chunk(world_size, dim=dim)[rank].clone()
 
 
-def _dense_init(in_features, out_features, bias, generator, device):
+def _dense_init(in_features, out_features, bias, generator, device, dtype):
     """nn.Linear's default initialisation, drawn from ``generator`` (identical on every rank)."""
     bound = 1 / math.sqrt(in_features)
-    w = torch.empty(out_features, in_features, device=device).uniform_(-bound, bound, generator=generator)
-    b = torch.empty(out_features, device=device).uniform_(-bound, bound, generator=generator) if bias else None
+    w = torch.empty(out_features, in_features, device=device, dtype=dtype).uniform_(-bound, bound, generator=generator)
+    b = torch.empty(out_features, device=device, dtype=dtype).uniform_(-bound, bound, generator=generator) if bias else None
     return w, b
 
 
@@ -106,24 +111,25 @@ class ColumnParallelLinear(nn.Module):
     """``out_features / p`` of a Linear's outputs on each rank (weight shard ``(out/p, in)``)."""
 
     def __init__(self, in_features: int, out_features: int, *, comm: CountingComm, bias: bool = True,
-                 gather_output: bool = False, device=None, generator: torch.Generator | None = None):
+                 gather_output: bool = False, device=None, dtype: torch.dtype | None = None,
+                 generator: torch.Generator | None = None):
         super().__init__()
         _check_comm(comm)
         if out_features % comm.world_size:
             raise ValueError(f"out_features={out_features} must be divisible by the world size {comm.world_size}")
         self.comm, self.gather_output = comm, gather_output
         self.in_features, self.out_features = in_features, out_features
-        w, b = _dense_init(in_features, out_features, bias, generator, device)
+        w, b = _dense_init(in_features, out_features, bias, generator, device, dtype)
         self.weight = nn.Parameter(shard(w, 0, comm.rank, comm.world_size))
         self.bias = nn.Parameter(shard(b, 0, comm.rank, comm.world_size)) if bias else None
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, comm: CountingComm, *, gather_output: bool = False):
-        """This rank's shard of an existing dense ``nn.Linear``."""
+        """This rank's shard of an existing dense ``nn.Linear``, on its device and in its dtype."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, comm=comm, bias=linear.bias is not None,
-                    gather_output=gather_output, device=linear.weight.device)
+                    gather_output=gather_output, device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(shard(linear.weight, 0, comm.rank, comm.world_size))
             if linear.bias is not None:
@@ -140,24 +146,24 @@ class RowParallelLinear(nn.Module):
     partial outputs are summed by one all-reduce, then the (unsharded) bias is added."""
 
     def __init__(self, in_features: int, out_features: int, *, comm: CountingComm, bias: bool = True,
-                 device=None, generator: torch.Generator | None = None):
+                 device=None, dtype: torch.dtype | None = None, generator: torch.Generator | None = None):
         super().__init__()
         _check_comm(comm)
         if in_features % comm.world_size:
             raise ValueError(f"in_features={in_features} must be divisible by the world size {comm.world_size}")
         self.comm = comm
         self.in_features, self.out_features = in_features, out_features
-        w, b = _dense_init(in_features, out_features, bias, generator, device)
+        w, b = _dense_init(in_features, out_features, bias, generator, device, dtype)
         self.weight = nn.Parameter(shard(w, 1, comm.rank, comm.world_size))
         self.bias = nn.Parameter(b) if bias else None
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, comm: CountingComm):
-        """This rank's shard of an existing dense ``nn.Linear``."""
+        """This rank's shard of an existing dense ``nn.Linear``, on its device and in its dtype."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, comm=comm, bias=linear.bias is not None,
-                    device=linear.weight.device)
+                    device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(shard(linear.weight, 1, comm.rank, comm.world_size))
             if linear.bias is not None:
