@@ -179,6 +179,32 @@ def test_pack_two_4bit_values_by_hand():
     assert unpack_int4(torch.tensor([0x7F, 0x03], dtype=torch.uint8), numel=3, signed=True).tolist() == [-1, 7, 3]
 
 
+def _torch_quint4x2_bytes(codes: torch.Tensor) -> torch.Tensor:
+    """PyTorch's own 4-bit packing: quantize the codes themselves (scale 1, zero-point 0)."""
+    with warnings.catch_warnings():  # quantized dtypes are deprecated, still the reference here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.quantize_per_tensor(codes.float(), 1.0, 0, torch.quint4x2).int_repr()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 15), min_size=1, max_size=41))
+def test_pack_int4_matches_torch_quint4x2(values):
+    codes = torch.tensor(values)
+    theirs = _torch_quint4x2_bytes(codes)
+    assert pack_int4(codes).tolist() == theirs.tolist()  # first code in the low nibble, as torch
+    assert unpack_int4(theirs, numel=len(values)).tolist() == values
+
+
+def test_other_nibble_orders_do_not_round_trip():
+    """The layout is a contract: tinygemm's (first high) or GGML Q4_0's (x[j], x[j+16]) differ."""
+    codes = torch.arange(32) % 16
+    tinygemm = (codes[0::2] << 4 | codes[1::2]).to(torch.uint8)
+    ggml_q4_0 = (codes[:16] | codes[16:] << 4).to(torch.uint8)
+    assert unpack_int4(pack_int4(codes), numel=32).tolist() == codes.tolist()
+    assert unpack_int4(tinygemm, numel=32).tolist() != codes.tolist()
+    assert unpack_int4(ggml_q4_0, numel=32).tolist() != codes.tolist()
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from([1, 2, 4, 8]), st.booleans(), st.data())
 def test_pack_unpack_round_trip(bits, signed, data):
