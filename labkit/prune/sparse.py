@@ -19,14 +19,16 @@ never speed it up; a *sparse* kernel skips them but pays for reading indices and
 memory access. :class:`CsrLinear` runs a Linear layer through PyTorch's CSR kernel. It can win
 where the layer is memory-bound - batch 1, a weight matrix bigger than the caches, each weight
 used once per call (Han et al.'s Deep Compression, ICLR 2016, measured 3-4x per pruned
-fully connected layer this way) - and loses at large batch, where the dense kernel reuses each
-weight many times and runs near the CPU's peak. Used in ``notebooks/05_pruning.ipynb``; tested in
+fully connected layer this way). At large batch the dense kernel reuses each weight many times
+and runs near the CPU's peak; the sparse kernel then wins only while its loss of efficiency is
+smaller than the ``1 / density`` work it skips - a race to measure, not to assume. Used in ``notebooks/05_pruning.ipynb``; tested in
 ``tests/test_prune_sparse.py``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -67,7 +69,9 @@ class CsrLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight.detach().to_sparse_csr()  # a plain attribute: sparse tensors are not Parameters
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and not the learner's problem
+            warnings.simplefilter("ignore", UserWarning)
+            self.weight = linear.weight.detach().to_sparse_csr()  # a plain attribute: sparse tensors are not Parameters
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     @property
