@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Callable, Collection, Mapping
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -37,6 +39,8 @@ def integer(name: str, value, *, minimum: int | None = None, maximum: int | None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {_show(value)}")
     value = int(value)
+    if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be an int between {minimum} and {maximum}, got {value}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -100,6 +104,75 @@ def choice(name: str, value, choices: Collection):
     return value
 
 
+def boolean(name: str, value) -> bool:
+    """``True`` or ``False`` (numbers, strings and None are refused: ``"no"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {_show(value)}")
+    return value
+
+
+def text(name: str, value, *, non_empty: bool = True) -> str:
+    """A ``str`` (non-empty unless ``non_empty=False``)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {_show(value)}")
+    if non_empty and not value.strip():
+        raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+    return value
+
+
+def sequence(name: str, value, *, of: type | tuple[type, ...] | None = None, non_empty: bool = False,
+             what: str | None = None) -> list:
+    """A list or tuple (a str is refused) as a list, each item an instance of ``of`` if given."""
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be {what or 'a list or tuple'}, got {type(value).__name__} {_show(value)}")
+    if non_empty and not value:
+        raise ValueError(f"{name} must not be empty")
+    if of is not None:
+        for i, item in enumerate(value):
+            instance(f"{name}[{i}]", item, of)
+    return list(value)
+
+
+def iterable(name: str, value, what: str | None = None):
+    """Something a ``for`` loop can walk (a DataLoader, a list of batches); a str is refused."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be {what or 'iterable'}, got {type(value).__name__} {_show(value)}")
+    return value
+
+
+def mapping(name: str, value, *, non_empty: bool = False, what: str | None = None) -> Mapping:
+    """A dict-like ``Mapping``."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be {what or 'a dict'}, got {type(value).__name__} {_show(value)}")
+    if non_empty and not value:
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def parameters(name: str, value) -> list:
+    """What an optimizer takes: an iterable (``model.parameters()``) of tensors or param-group
+    dicts, as a non-empty list (a generator is consumed: use the list returned)."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be an iterable of tensors (model.parameters()), got one tensor")
+    items = list(iterable(name, value, "an iterable of tensors (model.parameters())"))
+    if not items:
+        raise ValueError(f"{name} must not be empty (a model without parameters?)")
+    for i, p in enumerate(items):
+        instance(f"{name}[{i}]", p, (torch.Tensor, dict), "a tensor or a param-group dict")
+    return items
+
+
+def rows(name: str, value, *, keys: Collection[str] = (), non_empty: bool = True) -> list:
+    """A list of dicts (table rows), each holding ``keys``."""
+    items = sequence(name, value, non_empty=non_empty, what="a list of dicts (rows)")
+    for i, row in enumerate(items):
+        mapping(f"{name}[{i}]", row)
+        missing = [k for k in keys if k not in row]
+        if missing:
+            raise ValueError(f"{name}[{i}] lacks {missing}: every row needs {list(keys)}")
+    return items
+
+
 def instance(name: str, value, types: type | tuple[type, ...], what: str | None = None):
     """``value`` if it is an instance of ``types``, else a TypeError saying what was expected."""
     if not isinstance(value, types):
@@ -112,7 +185,9 @@ def instance(name: str, value, types: type | tuple[type, ...], what: str | None 
 
 def module(name: str, value, kind: type | tuple[type, ...] = nn.Module) -> nn.Module:
     """An ``nn.Module`` (or the given subclass, e.g. ``nn.Linear``)."""
-    return instance(name, value, kind)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    what = " or ".join("an nn.Module" if k is nn.Module else f"nn.{k.__name__}" for k in kinds)
+    return instance(name, value, kind, what)
 
 
 def function(name: str, value) -> Callable:
@@ -127,6 +202,7 @@ _DTYPE_FAMILIES = {
     "integer": lambda d: not d.is_floating_point and not d.is_complex and d != torch.bool,
     "bool": lambda d: d == torch.bool,
 }
+_DTYPE_WORDS = {"floating": "a floating-point tensor", "integer": "an integer tensor", "bool": "a bool tensor"}
 
 
 def tensor(name: str, value, *, dtype: torch.dtype | str | tuple | None = None, ndim: int | tuple[int, ...] | None = None,
@@ -137,11 +213,11 @@ def tensor(name: str, value, *, dtype: torch.dtype | str | tuple | None = None, 
     instance(name, value, torch.Tensor, "a torch.Tensor")
     if dtype is not None:
         if isinstance(dtype, str):
-            ok = _DTYPE_FAMILIES[dtype](value.dtype)
+            ok, want = _DTYPE_FAMILIES[dtype](value.dtype), _DTYPE_WORDS[dtype]
         else:
-            ok = value.dtype in (dtype if isinstance(dtype, tuple) else (dtype,))
+            ok, want = value.dtype in (dtype if isinstance(dtype, tuple) else (dtype,)), f"a tensor of dtype {dtype}"
         if not ok:
-            raise TypeError(f"{name} must have dtype {dtype}, got {value.dtype}")
+            raise TypeError(f"{name} must be {want}, got dtype {value.dtype}")
     if ndim is not None and value.dim() not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
     if shape is not None:
@@ -153,6 +229,24 @@ def tensor(name: str, value, *, dtype: torch.dtype | str | tuple | None = None, 
     if finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} must hold only finite values (no NaN or inf)")
     return value
+
+
+def number_or_tensor(name: str, value) -> torch.Tensor:
+    """A real number or a tensor of them, as a tensor (scales, zero-points, observed minima)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__} {_show(value)}")
+    return torch.as_tensor(float(value) if not isinstance(value, numbers.Integral) else int(value))
+
+
+def tensors(name: str, value) -> tuple[torch.Tensor, ...]:
+    """A model's inputs: one tensor, or a non-empty tuple/list of tensors, as a tuple."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    return tuple(sequence(name, value, of=torch.Tensor, non_empty=True, what="a tensor or a tuple of tensors"))
 
 
 def path(name: str, value, *, must_exist: bool = False, suffix: str | None = None) -> Path:
@@ -188,3 +282,36 @@ def env_flag(variable: str, environ: Mapping[str, str] | None = None) -> bool:
         return False
     raise ValueError(f"environment variable {variable} must be one of "
                      f"{'/'.join(TRUE_WORDS)} or {'/'.join(w for w in FALSE_WORDS if w)}, got {raw!r}")
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is typing.Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is not None:
+        hint = origin
+    if not isinstance(hint, type):
+        return True  # a string or special form we don't interpret
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is Path:
+        return isinstance(value, (str, os.PathLike))
+    return isinstance(value, hint)
+
+
+def fields(record) -> None:
+    """Check every field of a dataclass ``record`` against its annotation (call it from
+    ``__post_init__``): ``int`` refuses bools and floats, ``float`` takes ints, ``X | None``
+    takes None, ``list[...]``/``tuple[...]``/``dict[...]`` check the container only."""
+    hints = typing.get_type_hints(type(record))
+    for f in record.__dataclass_fields__.values():
+        value = getattr(record, f.name)
+        if f.name in hints and not _matches(value, hints[f.name]):
+            want = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+            raise TypeError(f"{f.name} must be {want}, got {type(value).__name__} {_show(value)}")

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from labkit import _args
+
 LOG_ENV = "LABKIT_CHECK_LOG"
 PASS, FAIL, NOT_DONE, ERROR = "pass", "fail", "not done", "error"
 
@@ -42,6 +44,9 @@ class CheckResult:
     status: str  # pass | fail | not done | error
     message: str
     hint: str = ""
+
+    def __post_init__(self):
+        _args.fields(self)
 
     @property
     def passed(self) -> bool:
@@ -100,10 +105,14 @@ def check(exercise: str, attempt: Callable[[], Any], *, expected: Any = None,
     ("" or True means pass). A ``NotImplementedError`` means "not done"; any other exception is
     reported with its last line, never raised.
     """
-    if not isinstance(exercise, str) or not exercise:
-        raise TypeError("exercise must be a non-empty string naming the exercise")
-    if not callable(attempt):
-        raise TypeError(f"attempt must be callable (e.g. a lambda), got {type(attempt).__name__}")
+    _args.text("exercise", exercise)
+    _args.function("attempt", attempt)
+    if test is not None:
+        _args.function("test", test)
+    _args.text("hint", hint, non_empty=False)
+    _args.non_negative_float("rtol", rtol)
+    _args.non_negative_float("atol", atol)
+    _args.boolean("quiet", quiet)
     if (expected is None) == (test is None):
         raise ValueError("give exactly one of expected= or test=")
     try:
@@ -151,7 +160,6 @@ def _log(result: CheckResult) -> None:
 
 def summary(results: list[CheckResult]) -> str:
     """``'3/4 exercises passed'`` plus one line per exercise."""
-    if not all(isinstance(r, CheckResult) for r in results):
-        raise TypeError("summary expects a list of CheckResult")
+    _args.sequence("results", results, of=CheckResult, what="a list of CheckResult")
     done = sum(r.passed for r in results)
     return "\n".join([f"{done}/{len(results)} exercises passed"] + [str(r) for r in results])

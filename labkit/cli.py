@@ -2,7 +2,7 @@
 
     labkit doctor            versions, devices, threads, bf16/int8 support, completeness
     labkit bench [--quick]   matmul GFLOP/s per device, peak estimate, elementwise bandwidth
-    labkit nb strip|refresh|lint NOTEBOOK...   notebook housekeeping (labkit.nbtools)
+    labkit nb strip|refresh|lint NOTEBOOK...   notebook housekeeping (labkit.classroom.nbtools)
     labkit student [--src notebooks/] [--out student/]   the student set (labkit.classroom)
     labkit grade NOTEBOOK... [--csv FILE] [--source DIR]   grade learners' notebooks headless
     labkit course [--fast] [--out course-run/] [NAME...]   run every lesson as a learner would
@@ -16,6 +16,13 @@ import argparse
 import sys
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit code 2, not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _doctor(args) -> int:
     from labkit.doctor import doctor_report, missing_required
 
@@ -26,8 +33,8 @@ def _doctor(args) -> int:
 def _bench(args) -> int:
     import torch
 
-    from labkit.bench import cpu_peak_gflops, elementwise_gbps, matmul_sweep
     from labkit.devices import available_devices
+    from labkit.hardware import cpu_peak_gflops, elementwise_gbps, matmul_sweep
 
     sizes = (128, 512, 1024) if args.quick else (128, 256, 512, 1024, 2048)
     peak = cpu_peak_gflops()
@@ -45,13 +52,18 @@ def _bench(args) -> int:
 
 
 def _nb(args) -> int:
-    from labkit.nbtools import main as nb_main
+    from labkit.classroom.nbtools import main as nb_main
 
-    return nb_main([args.action, *args.notebooks])
+    try:
+        return nb_main([args.action, *args.notebooks])
+    except (ValueError, OSError) as err:
+        return _user_error("nb", err)
 
 
 def _user_error(command: str, err: Exception) -> int:
-    print(f"labkit {command}: error: {err}", file=sys.stderr)
+    """A user's mistake: one line on stderr, exit code 2, no traceback."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"labkit {command}: error: {first}", file=sys.stderr)
     return 2
 
 
@@ -83,7 +95,7 @@ def _grade(args) -> int:
 
 
 def _course(args) -> int:
-    from labkit.course import run_course, verdict
+    from labkit.classroom.course import run_course, verdict
 
     try:
         runs = run_course(args.notebooks, args.out, fast=args.fast, timeout=args.timeout, names=args.names)
@@ -104,7 +116,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labkit", description="labkit: make deep learning fast and small")
+    parser = OneLineParser(prog="labkit", description="labkit: make deep learning fast and small")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help=COMMANDS["doctor"][1])
     b = sub.add_parser("bench", help=COMMANDS["bench"][1])

@@ -31,8 +31,11 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from labkit import _args
+from labkit.export import OnnxModule
 from labkit.metrics import compare_latency, flops, size_on_disk, state_bytes
 from labkit.models import count_parameters
+from labkit.quantize import quantized_layers
 from labkit.train import evaluate
 
 
@@ -66,17 +69,13 @@ def compressed_size(model_or_path, *, preset: int = 9) -> int:
     """Bytes of the model's file after LZMA compression (``torch.save`` bytes for a module or a
     state dict, the file's bytes for a path). Int8 codes and pruned zeros compress; random-looking
     float32 weights hardly do."""
+    _args.integer("preset", preset, minimum=0, maximum=9)
     if isinstance(model_or_path, (str, os.PathLike)):
-        p = Path(model_or_path)
-        if not p.is_file():
-            raise ValueError(f"no such file: {p}")
-        data = p.read_bytes()
+        data = _args.path("model_or_path", model_or_path, must_exist=True).read_bytes()
     elif isinstance(model_or_path, (nn.Module, dict)):
         data = state_bytes(model_or_path)
     else:
-        raise TypeError(f"expected an nn.Module, a state dict or a file path, got {type(model_or_path).__name__}")
-    if isinstance(preset, bool) or not isinstance(preset, int) or not 0 <= preset <= 9:
-        raise ValueError(f"preset must be an int in [0, 9], got {preset!r}")
+        raise TypeError(f"model_or_path must be an nn.Module, a state dict or a file path, got {type(model_or_path).__name__}")
     return len(lzma.compress(data, preset=preset))
 
 
@@ -88,9 +87,9 @@ def strip_onnx_metadata(path: str | os.PathLike, out_path: str | os.PathLike | N
     the graph and weights are untouched. Writes ``out_path`` (default: in place)."""
     import onnx
 
-    src = Path(path)
-    if not src.is_file():
-        raise ValueError(f"no such ONNX file: {src}")
+    src = _args.path("path", path, must_exist=True)
+    if out_path is not None:
+        _args.path("out_path", out_path, suffix=".onnx")
     m = onnx.load(str(src))
     m.doc_string = ""
     del m.metadata_props[:]
@@ -121,12 +120,10 @@ def onnx_with_int8_weights(float_path: str | os.PathLike, quantized: nn.Module, 
     import onnx
     from onnx import helper, numpy_helper
 
-    from labkit.quantize import quantized_layers
-
-    src = Path(float_path)
-    if not src.is_file():
-        raise ValueError(f"no such ONNX file: {src}")
-    layers = {name: m for name, m in quantized_layers(quantized)} if isinstance(quantized, nn.Module) else None
+    src = _args.path("float_path", float_path, must_exist=True)
+    _args.module("quantized", quantized)
+    _args.path("out_path", out_path, suffix=".onnx")
+    layers = dict(quantized_layers(quantized))
     if not layers:
         raise ValueError("quantized must be a model with labkit-quantized layers (run labkit.quantize.quantize_ first)")
     m = onnx.load(str(src))
@@ -173,8 +170,7 @@ def load_int8_weight_onnx(path: str | os.PathLike, *, threads: int | None = None
     """
     import onnxruntime as ort
 
-    from labkit.export import OnnxModule
-
+    _args.path("path", path, must_exist=True)
     module = OnnxModule(path, threads=threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -201,14 +197,13 @@ class Step:
     note: str = ""
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name:
-            raise TypeError("name must be a non-empty string")
-        if not isinstance(self.model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(self.model).__name__}")
-        if self.reference is not None and not isinstance(self.reference, nn.Module):
-            raise TypeError(f"reference must be an nn.Module, got {type(self.reference).__name__}")
-        if self.path is not None and not Path(self.path).is_file():
-            raise ValueError(f"no such file: {self.path}")
+        _args.text("name", self.name)
+        _args.module("model", self.model)
+        if self.reference is not None:
+            _args.module("reference", self.reference)
+        if self.path is not None:
+            _args.path("path", self.path, must_exist=True)
+        _args.text("note", self.note, non_empty=False)
 
     def size_bytes(self) -> int:
         return Path(self.path).stat().st_size if self.path is not None else size_on_disk(self.model)
@@ -223,12 +218,13 @@ def measure_steps(steps: Sequence[Step], inputs, *, data: Iterable | None = None
     ``lzma_kb``, ``mflops`` (per image), ``latency_ms`` and ``speedup`` (median of per-round
     ratios to the first step, :func:`labkit.metrics.compare_latency`) and ``accuracy`` on
     ``data``. Timing is on the CPU, for the whole batch ``inputs``."""
-    if not steps or not all(isinstance(s, Step) for s in steps):
-        raise TypeError("steps must be a non-empty sequence of labkit.compress.Step")
+    _args.sequence("steps", steps, of=Step, non_empty=True, what="a list of labkit.compress.Step")
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ValueError(f"step names must be unique, got {names}")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = _args.tensors("inputs", inputs)
+    if data is not None:
+        _args.iterable("data", data, "an iterable of (x, y) batches")
     one = tuple(t[:1] for t in inputs)
     times = compare_latency({s.name: s.model for s in steps}, inputs, rounds=rounds, threads=threads,
                             min_run_time=min_run_time)
@@ -250,8 +246,9 @@ def measure_steps(steps: Sequence[Step], inputs, *, data: Iterable | None = None
 def step_gains(rows: Sequence[Mapping]) -> list[dict]:
     """What each step bought over the one before: size and latency factors (>1 = better) and
     the accuracy change in points."""
+    _args.rows("rows", rows, keys=("step", "size_kb", "latency_ms", "mflops"))
     if len(rows) < 2:
-        raise ValueError("need at least two rows to compare steps")
+        raise ValueError(f"rows: need at least two rows to compare steps, got {len(rows)}")
     out = []
     for prev, cur in zip(rows, rows[1:]):
         g = {"step": cur["step"], "smaller_x": prev["size_kb"] / cur["size_kb"],
@@ -264,11 +261,9 @@ def step_gains(rows: Sequence[Mapping]) -> list[dict]:
 
 def pareto_front(rows: Sequence[Mapping], *, x: str, y: str = "accuracy") -> list[str]:
     """Steps no other step beats on both ``x`` (lower is better) and ``y`` (higher is better)."""
-    if not rows:
-        raise ValueError("rows is empty")
-    missing = [k for k in (x, y) if any(k not in r for r in rows)]
-    if missing:
-        raise ValueError(f"every row needs {missing}")
+    _args.text("x", x)
+    _args.text("y", y)
+    _args.rows("rows", rows, keys=("step", x, y))
     front = []
     for r in rows:
         dominated = any(o[x] <= r[x] and o[y] >= r[y] and (o[x] < r[x] or o[y] > r[y]) for o in rows)
@@ -280,8 +275,8 @@ def pareto_front(rows: Sequence[Mapping], *, x: str, y: str = "accuracy") -> lis
 def format_table(rows: Sequence[Mapping], columns: Sequence[str] = ("step", "params", "size_kb", "x_smaller", "lzma_kb",
                                                                      "mflops", "latency_ms", "speedup", "accuracy")) -> str:
     """A plain-text table of :func:`measure_steps` rows."""
-    if not rows:
-        raise ValueError("rows is empty")
+    _args.rows("rows", rows)
+    _args.sequence("columns", columns, of=str)
     cols = [c for c in columns if any(c in r for r in rows)]
 
     def fmt(v):

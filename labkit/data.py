@@ -18,12 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from labkit import _args
+
 DATASETS = ("digits", "mnist_subset")
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
 
 def load_arrays(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All images and labels of a bundled dataset: ``X (N,1,H,W) float32 in [0,1]``, ``y (N,) int64``."""
+    _args.choice("name", name, DATASETS)
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -35,8 +38,6 @@ def load_arrays(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
         x, y = mnist_data()
         x = x.reshape(-1, 1, 28, 28) / 255.0
-    else:
-        raise ValueError(f"unknown dataset {name!r}: expected one of {DATASETS}")
     return torch.as_tensor(np.asarray(x), dtype=torch.float32), torch.as_tensor(np.asarray(y), dtype=torch.int64)
 
 
@@ -51,6 +52,9 @@ class Splits:
     num_classes: int
     input_shape: tuple[int, ...]  # one example, e.g. (1, 28, 28)
 
+    def __post_init__(self):
+        _args.fields(self)
+
     def sizes(self) -> dict:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
@@ -58,12 +62,16 @@ class Splits:
 def stratified_split(y: torch.Tensor, fractions: tuple[float, ...], *, seed: int = 0) -> list[torch.Tensor]:
     """Split indices ``0..len(y)-1`` into parts of the given fractions, each class spread evenly.
 
-    Deterministic for a given ``seed``. ``fractions`` must be positive and sum to 1.
+    Deterministic for a given ``seed``. ``fractions`` must be positive and sum to 1; ``y`` holds
+    integer class labels, one per example (a 1-D tensor).
     """
-    if len(y) == 0:
-        raise ValueError("cannot split an empty dataset")
-    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be positive and sum to 1, got {fractions}")
+    _args.tensor("y", y, dtype="integer", ndim=1, non_empty=True)
+    for i, f in enumerate(_args.sequence("fractions", fractions, non_empty=True, what="a tuple of fractions")):
+        if _args.fraction(f"fractions[{i}]", f) == 0:
+            raise ValueError(f"fractions[{i}] must be > 0, got {f}")
+    if abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must sum to 1, got {tuple(fractions)} (sum {sum(fractions)})")
+    _args.non_negative_int("seed", seed)
     g = torch.Generator().manual_seed(seed)
     parts: list[list[torch.Tensor]] = [[] for _ in fractions]
     for c in torch.unique(y):
@@ -86,14 +94,14 @@ def load_dataset(name: str = "mnist_subset", *, val_fraction: float = 0.1, test_
     ``limit`` keeps only the first ``limit`` images (before splitting) for quick experiments.
     """
     for label, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 < f < 1:
+        if not 0 < _args.fraction(label, f) < 1:
             raise ValueError(f"{label} must be in (0, 1), got {f}")
     if val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction + test_fraction must leave room for training data")
+    if limit is not None:
+        _args.positive_int("limit", limit)
     x, y = load_arrays(name)
     if limit is not None:
-        if not isinstance(limit, int) or limit <= 0:
-            raise ValueError(f"limit must be a positive int, got {limit!r}")
         x, y = x[:limit], y[:limit]
     train_f = 1 - val_fraction - test_fraction
     tr, va, te = stratified_split(y, (train_f, val_fraction, test_fraction), seed=seed)
@@ -104,12 +112,11 @@ def load_dataset(name: str = "mnist_subset", *, val_fraction: float = 0.1, test_
 def make_loader(dataset: Dataset, *, batch_size: int = 64, shuffle: bool = False,
                 generator: torch.Generator | None = None, **kwargs) -> DataLoader:
     """A DataLoader with checks: positive batch size, non-empty data, a generator for shuffling."""
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"dataset must be a torch Dataset, got {type(dataset).__name__}")
+    _args.instance("dataset", dataset, Dataset, "a torch Dataset")
     if len(dataset) == 0:
         raise ValueError("dataset is empty")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _args.positive_int("batch_size", batch_size)
+    _args.boolean("shuffle", shuffle)
     if shuffle and generator is None:
         generator = torch.Generator().manual_seed(0)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **kwargs)
@@ -118,8 +125,7 @@ def make_loader(dataset: Dataset, *, batch_size: int = 64, shuffle: bool = False
 def make_loaders(splits: Splits, *, batch_size: int = 64, generator: torch.Generator | None = None,
                  eval_batch_size: int = 512, **kwargs) -> dict[str, DataLoader]:
     """``{'train', 'val', 'test'}`` loaders: the training one shuffles with ``generator``."""
-    if not isinstance(splits, Splits):
-        raise TypeError(f"splits must be a labkit.data.Splits, got {type(splits).__name__}")
+    _args.instance("splits", splits, Splits, "a labkit.data.Splits")
     return {
         "train": make_loader(splits.train, batch_size=batch_size, shuffle=True, generator=generator, **kwargs),
         "val": make_loader(splits.val, batch_size=eval_batch_size, **kwargs),
@@ -129,8 +135,7 @@ def make_loaders(splits: Splits, *, batch_size: int = 64, generator: torch.Gener
 
 def tensors(dataset: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(X, y)`` tensors inside a TensorDataset (handy for full-batch work)."""
-    if not isinstance(dataset, TensorDataset):
-        raise TypeError(f"expected a TensorDataset, got {type(dataset).__name__}")
+    _args.instance("dataset", dataset, TensorDataset, "a TensorDataset")
     return dataset.tensors[0], dataset.tensors[1]
 
 
@@ -140,8 +145,8 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
     Needs ``pip install labkit[vision]`` and, with ``download=True``, a network. Nothing in the
     course calls this; it is for learners who want to scale a lesson up on their own machine.
     """
-    if name not in TORCHVISION_DATASETS:
-        raise ValueError(f"unknown torchvision dataset {name!r}: expected one of {sorted(TORCHVISION_DATASETS)}")
+    _args.choice("name", name, sorted(TORCHVISION_DATASETS))
+    _args.path("root", root)
     try:
         import torchvision
     except ImportError as err:  # pragma: no cover - depends on the optional extra
@@ -153,9 +158,11 @@ def load_torchvision(name: str, root: str | Path, *, train: bool = True, downloa
 
 def dataset_to_tensors(data, targets) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn raw uint8 images ``(N,H,W)`` or ``(N,H,W,C)`` and labels into ``(N,C,H,W)`` floats in [0,1]."""
+    _args.instance("data", data, (torch.Tensor, np.ndarray), "a uint8 tensor or array of images")
+    _args.instance("targets", targets, (torch.Tensor, np.ndarray, list), "a tensor, array or list of labels")
     x = torch.as_tensor(np.asarray(data))
     if x.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 images, got {x.dtype}")
+        raise TypeError(f"data must be uint8 images, got {x.dtype}")
     if x.ndim == 3:
         x = x.unsqueeze(1)
     elif x.ndim == 4:

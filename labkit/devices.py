@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from labkit import _args
+
 KINDS = ("cuda", "mps", "xla", "cpu")
 ENV_VAR = "LABKIT_DEVICE"
 
@@ -33,6 +35,9 @@ class DeviceInfo:
     fast_fp16: bool  # hardware float16 maths (GPU tensor cores, Apple GPU, CPU: avx512_fp16/AMX)
     int8_kernels: bool  # PyTorch has fast int8 kernels for it (CPU: x86/fbgemm/onednn engine)
     notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        _args.fields(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,18 +78,27 @@ def available_devices() -> list[str]:
     return found
 
 
-def _validate(device) -> torch.device:
-    if isinstance(device, torch.device):
+def check_device(device, *, name: str = "device", source: str = "argument") -> torch.device:
+    """``device`` (a str such as ``'cuda:0'`` or a ``torch.device``) as a ``torch.device`` that
+    exists on this machine; otherwise a ValueError naming ``name`` and the available devices
+    (TypeError if it is not a str or torch.device). Every labkit function taking ``device=``
+    goes through this, so ``'banana'`` or ``'cuda:3'`` never reach torch's own errors."""
+    _args.instance(name, device, (str, torch.device), "a device name such as 'cpu' or 'cuda:0' (str or torch.device)")
+    available = available_devices()
+    where = f" (from {source})" if source != "argument" else ""
+    if isinstance(device, str):
+        kind, _, index = device.strip().partition(":")
+        if kind not in KINDS or (index and not index.isdigit()):
+            raise ValueError(f"{name} {device!r}{where} is not a device name: expected one of {', '.join(KINDS)} "
+                             f"with an optional index (e.g. 'cuda:0'); available here: {available}")
+        device = torch.device(device.strip())
+    if device.type == "cpu" and device.index in (None, 0):
         return device
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
-    kind = device.split(":")[0]
-    if kind not in KINDS:
-        raise ValueError(f"unknown device {device!r}: expected one of {', '.join(KINDS)} (e.g. 'cuda:0')")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"malformed device string {device!r}: {err}") from None
+    present = [d for d in available if torch.device(d).type == device.type]
+    if not present or (device.index is not None and f"{device.type}:{device.index}" not in present
+                       and not (device.type == "mps" and device.index == 0)):
+        raise ValueError(f"{name} {str(device)!r}{where} is not available; available here: {available}")
+    return device
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -94,25 +108,21 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     cuda -> mps -> xla -> cpu. Asking for a device that is not present is a ValueError, so a
     notebook never silently runs somewhere else than the learner asked.
     """
-    choice = device if device is not None else os.environ.get(ENV_VAR) or None
-    if choice is None:
-        best = available_devices()[0]
-        return torch.device(best)
-    dev = _validate(choice)
-    present = {torch.device(d).type for d in available_devices()}
-    if dev.type not in present:
-        source = "argument" if device is not None else f"${ENV_VAR}"
-        raise ValueError(f"device {str(dev)!r} (from {source}) is not available here; available: {available_devices()}")
-    return dev
+    if device is not None:
+        return check_device(device)
+    choice = os.environ.get(ENV_VAR, "").strip()
+    if not choice:
+        return torch.device(available_devices()[0])
+    return check_device(choice, name=ENV_VAR, source=f"${ENV_VAR}")
 
 
 def synchronize(device: str | torch.device | None = None) -> None:
     """Wait until all queued work on ``device`` has finished (a no-op on the CPU).
 
     GPUs and TPUs run asynchronously: a timer read without synchronizing measures only how long
-    it took to *queue* the work. ``labkit.bench`` calls this around everything it times.
+    it took to *queue* the work. ``labkit.timing`` calls this around everything it times.
     """
-    dev = _validate(device) if device is not None else torch.device("cpu")
+    dev = check_device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     elif dev.type == "mps":
@@ -264,3 +274,9 @@ def format_report(infos: list[DeviceInfo] | None = None) -> str:
             f"{'yes' if i.int8_kernels else 'no':>5}"
         )
     return "\n".join(rows)
+
+
+def cpu_threads_env() -> dict:
+    """Thread settings that change timings, for a report."""
+    return {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}

@@ -13,8 +13,7 @@ import sys
 
 import torch
 
-from labkit.bench import cpu_threads_env
-from labkit.devices import device_report, format_report
+from labkit.devices import cpu_threads_env, device_report, format_report
 
 REQUIRED = ("torch", "numpy", "jupyterlab", "ipywidgets", "matplotlib", "nbval", "tqdm", "sklearn", "mlxtend",
             "onnx", "onnxruntime", "nbformat", "nbclient")

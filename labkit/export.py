@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from labkit import _args
+
 
 @contextlib.contextmanager
 def quiet_loggers(*names: str, level: int = logging.ERROR):
@@ -54,11 +56,8 @@ def quiet_loggers(*names: str, level: int = logging.ERROR):
             lg.setLevel(lvl)
 
 
-def _inputs(example_inputs) -> tuple[torch.Tensor, ...]:
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise TypeError("example_inputs must be a tensor or a non-empty tuple of tensors")
-    return inputs
+def _inputs(example_inputs, name: str = "example_inputs") -> tuple[torch.Tensor, ...]:
+    return _args.tensors(name, example_inputs)
 
 
 def export(model: nn.Module, example_inputs, path: str | os.PathLike, *, dynamic_batch: bool = True,
@@ -70,12 +69,12 @@ def export(model: nn.Module, example_inputs, path: str | os.PathLike, *, dynamic
     time. Weights are stored inside the file (no ``.data`` side file), so its size is the
     model's size on disk.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
     inputs = tuple(t.detach().cpu() for t in _inputs(example_inputs))
-    path = Path(path)
-    if path.suffix != ".onnx":
-        raise ValueError(f"path must end in .onnx, got {path}")
+    path = _args.path("path", path, suffix=".onnx")
+    _args.boolean("dynamic_batch", dynamic_batch)
+    if opset is not None:
+        _args.positive_int("opset", opset)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_shapes = None
     if dynamic_batch:
@@ -98,9 +97,9 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None, provide
     (default: ``torch.get_num_threads()``, so ORT and PyTorch are timed on equal terms)."""
     import onnxruntime as ort
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"no such ONNX file: {p}")
+    p = _args.path("path", path, must_exist=True)
+    if threads is not None:
+        _args.positive_int("threads", threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.log_severity_level = 3  # errors only
@@ -117,7 +116,7 @@ def run_onnx(model, inputs) -> torch.Tensor | tuple[torch.Tensor, ...]:
         session = model
     else:
         raise TypeError(f"model must be an ONNX path, an InferenceSession or an OnnxModule, got {type(model).__name__}")
-    inputs = _inputs(inputs)
+    inputs = _inputs(inputs, "inputs")
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(inputs):
         raise ValueError(f"the ONNX model takes {len(names)} input(s), got {len(inputs)}")
@@ -131,7 +130,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
         super().__init__()
-        self.path = Path(path)
+        self.path = _args.path("path", path, must_exist=True)
         self.session = onnx_session(self.path, threads=threads)
 
     @property
@@ -149,7 +148,10 @@ class OnnxModule(nn.Module):
 def compare(reference: torch.Tensor, candidate: torch.Tensor, *, atol: float = 1e-4, rtol: float = 1e-3) -> dict:
     """How close two outputs are: max and mean ``|diff|``, ``allclose`` within (atol, rtol),
     and for logits (2-D) the fraction of rows whose argmax (predicted class) agrees."""
-    ref, cand = torch.as_tensor(reference).detach().cpu().float(), torch.as_tensor(candidate).detach().cpu().float()
+    _args.tensor("reference", reference)
+    _args.tensor("candidate", candidate)
+    atol, rtol = _args.non_negative_float("atol", atol), _args.non_negative_float("rtol", rtol)
+    ref, cand = reference.detach().cpu().float(), candidate.detach().cpu().float()
     if ref.shape != cand.shape:
         raise ValueError(f"shapes differ: reference {tuple(ref.shape)} vs candidate {tuple(cand.shape)}")
     diff = (ref - cand).abs()
@@ -171,8 +173,8 @@ def quantize_onnx(path: str | os.PathLike, out_path: str | os.PathLike, *, per_c
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    if weight_type not in types:
-        raise ValueError(f"weight_type must be one of {sorted(types)}, got {weight_type!r}")
+    _args.boolean("per_channel", per_channel)
+    _args.choice("weight_type", weight_type, sorted(types))
     return _after_pre_process(path, out_path, lambda pre, dst: quantize_dynamic(
         pre, dst, per_channel=per_channel, weight_type=types[weight_type]))
 
@@ -183,11 +185,8 @@ def _after_pre_process(path, out_path, quantize) -> Path:
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    src, dst = Path(path), Path(out_path)
-    if not src.is_file():
-        raise ValueError(f"no such ONNX file: {src}")
-    if dst.suffix != ".onnx":
-        raise ValueError(f"out_path must end in .onnx, got {dst}")
+    src = _args.path("path", path, must_exist=True)
+    dst = _args.path("out_path", out_path, suffix=".onnx")
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre))
@@ -226,8 +225,11 @@ def quantize_onnx_static(path: str | os.PathLike, out_path: str | os.PathLike, c
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise ValueError(f"method must be one of {sorted(methods)}, got {method!r}")
-    if not Path(path).is_file():
-        raise ValueError(f"no such ONNX file: {path}")
+    _args.path("path", path, must_exist=True)
+    _args.path("out_path", out_path, suffix=".onnx")
+    _args.boolean("per_channel", per_channel)
+    if not isinstance(calibration, torch.Tensor):
+        _args.iterable("calibration", calibration, what="a float tensor or an iterable of float tensors (input batches)")
     batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
     if not batches or not all(isinstance(b, torch.Tensor) and b.is_floating_point() for b in batches):
         raise TypeError("calibration must be a float tensor or a non-empty iterable of float tensors (input batches)")
@@ -251,9 +253,9 @@ def runtime_ops(path: str | os.PathLike, *, session_options: dict[str, str] | No
     import onnx
     import onnxruntime as ort
 
-    src = Path(path)
-    if not src.is_file():
-        raise ValueError(f"no such ONNX file: {src}")
+    src = _args.path("path", path, must_exist=True)
+    if session_options is not None:
+        _args.mapping("session_options", session_options, what="a dict of session config entries (str -> str)")
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

@@ -9,21 +9,22 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from labkit.bench import Timing, count_flops, time_fn
+from labkit import _args
 from labkit.models import count_parameters
+from labkit.timing import Timing, compare, time_fn
 
-__all__ = ["count_parameters", "size_on_disk", "flops", "latency", "model_report", "compare_latency"]
+__all__ = ["count_parameters", "count_flops", "size_on_disk", "flops", "latency", "model_report", "compare_latency"]
 
 
 def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
 
 
 def size_on_disk(model_or_state, *, path: str | os.PathLike | None = None) -> int:
@@ -41,7 +42,7 @@ def size_on_disk(model_or_state, *, path: str | os.PathLike | None = None) -> in
 def _state(model_or_state) -> dict:
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     if not isinstance(state, dict):
-        raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_state).__name__}")
+        raise TypeError(f"model_or_state must be an nn.Module or a state dict, got {type(model_or_state).__name__}")
     return state
 
 
@@ -74,8 +75,14 @@ def flops(model: nn.Module, inputs: tuple | torch.Tensor | None = None) -> int:
 def latency(model: nn.Module, inputs: tuple | torch.Tensor, *, device=None, threads: int | None = None,
             min_run_time: float = 0.3) -> Timing:
     """Median inference latency of ``model(*inputs)`` in eval mode under ``torch.inference_mode``."""
+    run, dev = inference_call(model, inputs, device)
+    return time_fn(run, device=dev, threads=threads, min_run_time=min_run_time, label=type(model).__name__)
+
+
+def inference_call(model: nn.Module, inputs, device) -> tuple:
+    """``(run, device)``: ``run()`` calls ``model(*inputs)`` in eval mode under inference_mode."""
     _check_model(model)
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = _args.tensors("inputs", inputs)
     dev = torch.device(device) if device is not None else inputs[0].device
     model.eval()
 
@@ -83,13 +90,17 @@ def latency(model: nn.Module, inputs: tuple | torch.Tensor, *, device=None, thre
         with torch.inference_mode():
             model(*inputs)
 
-    return time_fn(run, device=dev, threads=threads, min_run_time=min_run_time, label=type(model).__name__)
+    return run, dev
 
 
 def model_report(name: str, model: nn.Module, inputs: tuple | torch.Tensor, *, accuracy: float | None = None,
                  device=None, threads: int | None = None, min_run_time: float = 0.3, count_ops: bool = True) -> dict:
     """One comparable row: parameters, size on disk (MB), FLOPs, latency (ms) and accuracy."""
+    _args.text("name", name)
     _check_model(model)
+    _args.tensors("inputs", inputs)
+    if accuracy is not None:
+        _args.fraction("accuracy", accuracy)
     row = {"model": name, "params": count_parameters(model), "size_mb": size_on_disk(model) / 1e6}
     if count_ops:
         try:
@@ -108,29 +119,20 @@ def compare_latency(models: Mapping[str, nn.Module], inputs: tuple | torch.Tenso
                     threads: int | None = None, min_run_time: float = 0.3) -> dict[str, dict[str, float]]:
     """Latency of several models timed in alternating rounds: ``{name: {latency_ms, speedup}}``.
 
-    Each round times every model once with :func:`latency`. A model's ``latency_ms`` is its median
-    over the rounds and its ``speedup`` the median of the per-round ratios
-    ``latency(first model) / latency(model)``: a burst of background load slows the models of one
-    round alike, so the ratio survives a noisy machine better than two separate timings. Used by
-    the compression lessons (``05_pruning`` onwards).
+    Each round times every model once (:func:`labkit.timing.compare`, the way :func:`latency`
+    calls it). A model's ``latency_ms`` is its median over the rounds and its ``speedup`` the
+    median of the per-round ratios ``latency(first model) / latency(model)``: a burst of
+    background load slows the models of one round alike, so the ratio survives a noisy machine
+    better than two separate timings. Used by the compression lessons (``05_pruning`` onwards).
     """
-    if not isinstance(models, Mapping) or not models:
-        raise ValueError("models must be a non-empty dict {name: model}")
-    for m in models.values():
-        _check_model(m)
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(latency(model, inputs, device=device, threads=threads, min_run_time=min_run_time).median)
-    base = times[next(iter(models))]
-
-    def median(values):
-        return float(torch.tensor(values, dtype=torch.float64).median())
-
-    return {name: {"latency_ms": median(t) * 1e3, "speedup": median([b / x for b, x in zip(base, t)])}
-            for name, t in times.items()}
+    _args.mapping("models", models, non_empty=True, what="a dict {name: model}")
+    _args.tensors("inputs", inputs)
+    _args.positive_int("rounds", rounds)
+    calls = {name: inference_call(model, inputs, device) for name, model in models.items()}
+    times = compare({name: run for name, (run, _) in calls.items()}, rounds=rounds,
+                    device={name: dev for name, (_, dev) in calls.items()}, threads=threads,
+                    min_run_time=min_run_time, warmup=2)
+    return {name: {"latency_ms": t["median"] * 1e3, "speedup": t["speedup"]} for name, t in times.items()}
 
 
 def temp_path(suffix: str) -> Path:
@@ -138,3 +140,32 @@ def temp_path(suffix: str) -> Path:
     fd, name = tempfile.mkstemp(suffix=suffix)
     os.close(fd)
     return Path(name)
+
+
+def count_flops(model: torch.nn.Module, inputs: tuple | torch.Tensor, *, backward: bool = False) -> int:
+    """FLOPs of one forward (and backward, if asked) pass, counted by ``torch.utils.flop_counter``."""
+    _check_model(model)
+    inputs = _args.tensors("inputs", inputs)
+    _args.boolean("backward", backward)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(*inputs)
+        if backward:
+            out.sum().backward()
+    return int(counter.get_total_flops())
+
+
+def storage_key(t: torch.Tensor) -> tuple[int, int]:
+    """``(address, bytes)`` of the storage behind ``t``: views of one tensor share it."""
+    s = t.untyped_storage()
+    return (s.data_ptr(), s.nbytes())
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views and repeats counted once)."""
+    seen = {}
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"expected tensors, got {type(t).__name__}")
+        seen[storage_key(t)] = t.untyped_storage().nbytes()
+    return sum(seen.values())

@@ -18,22 +18,23 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from labkit import _args
+
 MODELS = ("mlp", "cnn", "teacher", "student")
 
 
+def _positive_ints(name: str, values, what: str) -> tuple[int, ...]:
+    values = _args.sequence(name, values, what=what)
+    return tuple(_args.positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
+
+
 def _check_shape(input_shape) -> tuple[int, ...]:
-    if not isinstance(input_shape, (tuple, list)) or not input_shape:
-        raise TypeError(f"input_shape must be a non-empty tuple like (1, 28, 28), got {input_shape!r}")
-    if any(not isinstance(d, int) or d <= 0 for d in input_shape):
-        raise ValueError(f"input_shape must hold positive ints, got {input_shape!r}")
-    return tuple(input_shape)
+    _args.sequence("input_shape", input_shape, non_empty=True, what="a tuple like (1, 28, 28)")
+    return _positive_ints("input_shape", input_shape, "a tuple like (1, 28, 28)")
 
 
 def _check_widths(name: str, widths) -> tuple[int, ...]:
-    widths = tuple(widths)
-    if any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
-        raise ValueError(f"{name} must be positive ints, got {widths!r}")
-    return widths
+    return _positive_ints(name, widths, "a tuple of layer widths like (256, 128)")
 
 
 class ExampleInputs:
@@ -42,8 +43,7 @@ class ExampleInputs:
     input_shape: tuple[int, ...]
 
     def example_inputs(self, batch_size: int = 1, *, device=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        _args.positive_int("batch_size", batch_size)
         x = torch.rand((batch_size, *self.input_shape), generator=generator)
         return (x.to(device) if device is not None else x,)
 
@@ -55,7 +55,7 @@ class MLP(ExampleInputs, nn.Module):
         super().__init__()
         self.input_shape = _check_shape(input_shape)
         hidden = _check_widths("hidden", hidden)
-        _check_widths("num_classes", (num_classes,))
+        _args.positive_int("num_classes", num_classes)
         in_features = 1
         for d in self.input_shape:
             in_features *= d
@@ -85,7 +85,7 @@ class SmallCNN(ExampleInputs, nn.Module):
         widths = _check_widths("widths", widths)
         if not widths:
             raise ValueError("SmallCNN needs at least one conv block")
-        _check_widths("num_classes", (num_classes,))
+        _args.positive_int("num_classes", num_classes)
         c, h, w = self.input_shape
         blocks: list[nn.Module] = []
         for width in widths:
@@ -108,17 +108,18 @@ def tiny_student(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10
 
 def build_model(name: str, *, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, **kwargs) -> nn.Module:
     """Build a reference model by name: ``mlp``, ``cnn`` / ``teacher`` (SmallCNN), ``student``."""
+    _args.choice("name", name, MODELS)
     if name == "mlp":
         return MLP(input_shape, num_classes=num_classes, **kwargs)
     if name in ("cnn", "teacher"):
         return SmallCNN(input_shape, num_classes=num_classes, **kwargs)
     if name == "student":
         return tiny_student(input_shape, num_classes=num_classes, **kwargs)
-    raise ValueError(f"unknown model {name!r}: expected one of {MODELS}")
+    raise AssertionError(name)  # unreachable: name was checked against MODELS
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (elements, not bytes)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
+    _args.boolean("trainable_only", trainable_only)
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -9,7 +9,7 @@ shrink epochs with one switch (``pick(full, fast)``). Used by every lesson that 
 
 from __future__ import annotations
 
-import os
+import copy
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from labkit import _args
 from labkit.devices import get_device
 
 
@@ -29,10 +30,7 @@ def seed_everything(seed: int) -> torch.Generator:
     global ones as well makes layer initialisation (which uses torch's default generator)
     repeatable.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    seed = _args.non_negative_int("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -40,8 +38,9 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def fast_mode() -> bool:
-    """True when ``LABKIT_FAST`` is set to a true value (CI runs notebooks this way)."""
-    return os.environ.get("LABKIT_FAST", "").strip().lower() in ("1", "true", "yes", "on")
+    """True when ``LABKIT_FAST`` is set to a true value (CI runs notebooks this way): ``1/true/yes/on``
+    (any case); ``0/false/no/off`` or unset is off, anything else a ValueError (see ``_args.env_flag``)."""
+    return _args.env_flag("LABKIT_FAST")
 
 
 def pick(full, fast):
@@ -70,10 +69,30 @@ class History:
         return max((len(v) for v in self.metrics.values()), default=0)
 
 
-def _batches(loader: Iterable) -> Iterable:
-    if not hasattr(loader, "__iter__"):
-        raise TypeError(f"loader must be iterable (a DataLoader), got {type(loader).__name__}")
-    return loader
+def _batches(loader: Iterable, name: str = "loader") -> Iterable:
+    return _args.iterable(name, loader, "an iterable of (x, y) batches (a DataLoader)")
+
+
+def _check_optimizer(optimizer, model: nn.Module) -> None:
+    """``optimizer`` must be a torch optimizer over ``model``'s own parameters (an optimizer built
+    on another model would step that model's weights while this one never changes)."""
+    _args.instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    own = {id(p) for p in model.parameters()}
+    theirs = [p for g in optimizer.param_groups for p in g["params"]]
+    if not theirs or not any(id(p) in own for p in theirs):
+        raise ValueError("optimizer does not hold this model's parameters (was it built on another model, "
+                         "or on a copy?): build it from model.parameters()")
+    for g in optimizer.param_groups:
+        if "lr" in g and not isinstance(g["lr"], torch.Tensor):
+            _args.positive_float("optimizer's lr", g["lr"])
+
+
+def _per_token(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence logits ``(B, T, V)`` with targets ``(B, T)`` (a language model) -> one row per
+    token, ``(B*T, V)`` and ``(B*T,)``, so the loss and accuracy are per token; else unchanged."""
+    if out.dim() == 3 and y.dim() == 2:
+        return out.reshape(-1, out.size(-1)), y.reshape(-1)
+    return out, y
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -89,15 +108,17 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, device=None, loss_fn: Callable | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` over ``loader`` (model put in eval mode)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
+    _batches(loader)
+    if loss_fn is not None:
+        _args.function("loss_fn", loss_fn)
     dev = get_device(device) if device is not None else _model_device(model)
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in _batches(loader):
         x, y = x.to(dev), y.to(dev)
-        out = model(x)
+        out, y = _per_token(model(x), y)
         loss_sum += float(loss_fn(out, y)) * len(y)
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
@@ -116,6 +137,13 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
                 after_step: Callable[[nn.Module], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``; ``after_step(model)`` runs after each optimizer step
     (pruning uses it to re-apply masks). Returns mean loss and accuracy on the training data."""
+    _args.module("model", model)
+    _batches(loader)
+    _check_optimizer(optimizer, model)
+    if loss_fn is not None:
+        _args.function("loss_fn", loss_fn)
+    if after_step is not None:
+        _args.function("after_step", after_step)
     dev = get_device(device) if device is not None else next(model.parameters()).device
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.train()
@@ -123,7 +151,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     for x, y in tqdm(_batches(loader), desc=desc, leave=False, disable=not progress):
         x, y = x.to(dev), y.to(dev)
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
+        out, y = _per_token(model(x), y)
         loss = loss_fn(out, y)
         loss.backward()
         optimizer.step()
@@ -145,12 +173,18 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, val_loader
     Returns a :class:`History` with ``train_loss``, ``train_acc`` and, given ``val_loader``,
     ``val_loss`` and ``val_acc`` per epoch. The model is moved to ``device`` first.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    _args.module("model", model)
+    _batches(train_loader, "train_loader")
+    _args.positive_int("epochs", epochs)
+    _args.positive_float("lr", lr)
+    if val_loader is not None:
+        _batches(val_loader, "val_loader")
+    if optimizer is not None:
+        _check_optimizer(optimizer, model)
+    for name, fn in (("loss_fn", loss_fn), ("after_step", after_step)):
+        if fn is not None:
+            _args.function(name, fn)
+    _args.boolean("progress", progress)
     dev = get_device(device)
     model.to(dev)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
@@ -167,3 +201,57 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, val_loader
         else:
             bar.set_postfix(loss=f"{tr['loss']:.3f}")
     return history
+
+
+def _as_inputs(inputs) -> tuple[torch.Tensor, ...]:
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    if not isinstance(inputs, (tuple, list)) or not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise TypeError("inputs must be a tensor or a non-empty tuple of tensors (e.g. model.example_inputs())")
+    return tuple(inputs)
+
+
+def make_train_step(model: torch.nn.Module, inputs, targets: torch.Tensor, *, loss_fn: Callable | None = None,
+                    device=None, lr: float = 0.01, autocast_dtype: torch.dtype | None = None,
+                    copy_model: bool = True) -> Callable[[], torch.Tensor]:
+    """Return ``step()``: one SGD training step of ``model`` (by default of a *copy*) on ``device``.
+
+    One step = zero the gradients, forward, loss against ``targets``, backward,
+    ``p -= lr * p.grad`` (``torch.optim.SGD``). ``loss_fn(outputs, targets)`` defaults to
+    cross-entropy (on float32 logits; ``targets`` then int64 class indices). With ``copy_model``
+    the caller's model is left untouched and the copy that trains is ``step.model``; without,
+    ``model`` itself (e.g. a ``torch.compile`` wrapper) trains where it is. ``autocast_dtype``
+    (e.g. ``torch.bfloat16``) runs forward and loss under ``torch.autocast`` for that device.
+    ``step()`` returns the loss (a tensor, not synchronized). The one training step of the course:
+    ``labkit.hardware.time_train_step`` (lesson 01), ``labkit.efficiency.precision`` and
+    ``labkit.efficiency.compiling`` (lesson 02).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    inputs = _as_inputs(inputs)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
+    if not isinstance(targets, torch.Tensor) or (loss_fn is None and targets.dtype != torch.int64):
+        raise TypeError("targets must be an int64 tensor of class indices" if loss_fn is None else
+                        f"targets must be a tensor, got {type(targets).__name__}")
+    if len(targets) != len(inputs[0]):
+        raise ValueError(f"targets has {len(targets)} labels but the batch has {len(inputs[0])} inputs")
+    _args.positive_float("lr", lr)
+    if autocast_dtype is not None and (not isinstance(autocast_dtype, torch.dtype) or not autocast_dtype.is_floating_point):
+        raise TypeError(f"autocast_dtype must be None or a floating torch.dtype, got {autocast_dtype!r}")
+    dev = get_device(device)
+    net = copy.deepcopy(model).to(dev).train() if copy_model else model
+    xs = tuple(x.to(dev) for x in inputs)
+    ys = targets.to(dev)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = net(*xs)
+            loss = torch.nn.functional.cross_entropy(out.float(), ys) if loss_fn is None else loss_fn(out, ys)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    step.model = net
+    return step

@@ -8,16 +8,17 @@ for the default values (nbval, GitHub's viewer, a PDF export, a plain terminal).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from labkit import _args
 
 STATIC_ENV = "LABKIT_STATIC_WIDGETS"
 
 
 def widgets_available() -> bool:
     """True when ipywidgets imports, we run inside a Jupyter kernel, and static mode is not forced."""
-    if os.environ.get(STATIC_ENV, "").lower() in ("1", "true", "yes"):
+    if _args.env_flag(STATIC_ENV):
         return False
     try:
         import ipywidgets  # noqa: F401
@@ -37,8 +38,11 @@ def explorer(draw: Callable[..., Any], controls: Mapping[str, Any], defaults: Ma
     accepts, e.g. ``(1, 8, 1)``); ``defaults`` gives the value of each for the static figure.
     Returns the ipywidgets container when interactive, else ``draw``'s return value.
     """
-    if not callable(draw):
-        raise TypeError("draw must be callable")
+    _args.function("draw", draw)
+    _args.mapping("controls", controls, what="a dict of argument name -> control")
+    _args.mapping("defaults", defaults, what="a dict of argument name -> default value")
+    if interactive is not None:
+        _args.boolean("interactive", interactive)
     if set(controls) != set(defaults):
         raise ValueError(f"controls {sorted(controls)} and defaults {sorted(defaults)} must name the same arguments")
     live = widgets_available() if interactive is None else interactive

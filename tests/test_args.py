@@ -72,7 +72,7 @@ def test_tensor_checks():
     assert _args.tensor("x", x, dtype="floating", ndim=2, shape=(None, 3), finite=True) is x
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         _args.tensor("x", [1.0])
-    with pytest.raises(TypeError, match="x must have dtype integer"):
+    with pytest.raises(TypeError, match="x must be an integer tensor, got dtype torch.float32"):
         _args.tensor("x", x, dtype="integer")
     with pytest.raises(TypeError, match="torch.int64"):
         _args.tensor("x", x, dtype=torch.int64)
@@ -90,7 +90,7 @@ def test_module_and_function():
     lin = nn.Linear(2, 2)
     assert _args.module("model", lin) is lin
     assert _args.module("layer", lin, nn.Linear) is lin
-    with pytest.raises(TypeError, match="layer must be Linear, got Conv2d"):
+    with pytest.raises(TypeError, match="layer must be nn.Linear, got Conv2d"):
         _args.module("layer", nn.Conv2d(1, 1, 1), nn.Linear)
     with pytest.raises(TypeError, match="fn must be callable"):
         _args.function("fn", 3)
@@ -120,3 +120,68 @@ def test_env_flag_unset_and_bad():
     assert _args.env_flag("LABKIT_FAST", {}) is False
     with pytest.raises(ValueError, match="LABKIT_FAST.*'maybe'"):
         _args.env_flag("LABKIT_FAST", {"LABKIT_FAST": "maybe"})
+
+
+def test_boolean_text_sequence_mapping():
+    assert _args.boolean("flag", False) is False
+    for bad in (0, "no", None):
+        with pytest.raises(TypeError, match="flag must be True or False"):
+            _args.boolean("flag", bad)
+    assert _args.text("label", "a") == "a"
+    with pytest.raises(TypeError, match="label must be a str"):
+        _args.text("label", 3)
+    with pytest.raises(ValueError, match="label must be a non-empty str"):
+        _args.text("label", " ")
+    assert _args.sequence("rows", (1, 2), of=int) == [1, 2]
+    with pytest.raises(TypeError, match="rows must be a list or tuple"):
+        _args.sequence("rows", "ab")
+    with pytest.raises(TypeError, match=r"rows\[1\] must be int"):
+        _args.sequence("rows", [1, "2"], of=int)
+    with pytest.raises(ValueError, match="rows must not be empty"):
+        _args.sequence("rows", [], non_empty=True)
+    with pytest.raises(TypeError, match="table must be a dict"):
+        _args.mapping("table", [("a", 1)])
+
+
+def test_fields_checks_a_dataclass_against_its_annotations():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Row:
+        name: str
+        count: int
+        share: float
+        note: str | None = None
+        tags: tuple[str, ...] = ()
+
+        def __post_init__(self):
+            _args.fields(self)
+
+    Row("a", 1, 2)  # an int is a fine float
+    for kwargs, word in [({"name": None}, "name must be str"), ({"count": 1.0}, "count must be int"),
+                         ({"count": True}, "count"), ({"share": "x"}, "share must be float"),
+                         ({"note": 3}, "note"), ({"tags": ["a"]}, "tags")]:
+        with pytest.raises(TypeError, match=word):
+            Row(**{"name": "a", "count": 1, "share": 0.5, **kwargs})
+
+
+def test_parameters_and_tensors():
+    lin = nn.Linear(2, 2)
+    assert len(_args.parameters("params", lin.parameters())) == 2
+    with pytest.raises(ValueError, match="params must not be empty"):
+        _args.parameters("params", nn.ReLU().parameters())
+    with pytest.raises(TypeError, match="params must be an iterable of tensors"):
+        _args.parameters("params", None)
+    with pytest.raises(TypeError, match="got one tensor"):
+        _args.parameters("params", lin.weight)
+    with pytest.raises(TypeError, match=r"params\[0\]"):
+        _args.parameters("params", [3])
+    x = torch.ones(2)
+    assert _args.tensors("inputs", x) == (x,) and _args.tensors("inputs", [x, x]) == (x, x)
+    with pytest.raises(TypeError, match="inputs must be a tensor or a tuple of tensors"):
+        _args.tensors("inputs", None)
+    with pytest.raises(ValueError, match="inputs must not be empty"):
+        _args.tensors("inputs", ())
+    assert _args.number_or_tensor("scale", 2).item() == 2
+    with pytest.raises(TypeError, match="scale must be a number or a tensor"):
+        _args.number_or_tensor("scale", "2")

@@ -52,8 +52,12 @@ def test_bad_use_of_check():
         check("x", lambda: 1, expected=1, test=bool)
     with pytest.raises(TypeError, match="callable"):
         check("x", 5, expected=5)
-    with pytest.raises(TypeError, match="exercise"):
+    with pytest.raises(ValueError, match="exercise must be a non-empty str"):
         check("", lambda: 1, expected=1)
+    with pytest.raises(TypeError, match="exercise must be a str"):
+        check(None, lambda: 1, expected=1)
+    with pytest.raises(ValueError, match="rtol"):
+        check("x", lambda: 1.0, expected=1.0, rtol=float("nan"))
 
 
 def test_log_for_grading(tmp_path, monkeypatch):

@@ -272,10 +272,17 @@ def test_a_dying_kernel_is_reported_with_its_last_words(tmp_path):
 
 
 def test_grade_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="notebooks must not be empty"):
         grade([])
-    with pytest.raises(TypeError, match="list of paths"):
+    with pytest.raises(TypeError, match="list of notebook paths"):
         grade(str(SOURCE))
+    corrupt = tmp_path / "corrupt.ipynb"
+    corrupt.write_text("{not json")
+    with pytest.raises(ValueError, match=r"notebooks\[1\]: '.*corrupt.ipynb' is not a readable notebook"):
+        grade([SOURCE, corrupt])
+    (tmp_path / "other.ipynb").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="other.ipynb' is not a readable notebook"):
+        grade([tmp_path / "other.ipynb"])
     (tmp_path / "notes.txt").write_text("x")
     for bad in (tmp_path / "notes.txt", tmp_path / "absent.ipynb", FIXTURES):
         with pytest.raises(ValueError, match="not a notebook file"):
@@ -309,6 +316,12 @@ def test_verdicts_from_log(tmp_path, monkeypatch):
     got = verdicts_from_log(log, ["a", "b"])
     assert [(v.exercise, v.status) for v in got] == [("a", "pass"), ("b", "missing"), ("extra", "pass")]
     assert [v.status for v in verdicts_from_log(tmp_path / "absent.jsonl", ["a"])] == ["missing"]
+    with log.open("a") as f:
+        f.write('{"exercise": "a", "status": "pass"\n')  # a cut-off line
+    with pytest.raises(ValueError, match=r"log '.*checks.jsonl', line 4 is not a check verdict"):
+        verdicts_from_log(log, ["a"])
+    with pytest.raises(TypeError, match="expected must be a list or tuple"):
+        verdicts_from_log(log, "a")
 
 
 def test_nbval_log_plugin_points_each_lesson_at_its_own_log(nbval_check_logs, tmp_path, monkeypatch):

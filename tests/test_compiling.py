@@ -1,4 +1,4 @@
-"""labkit.compiling: the cost model by hand; torch.compile agrees with eager and fuses the chain."""
+"""labkit.efficiency.compiling: the cost model by hand; torch.compile agrees with eager and fuses the chain."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from labkit.compiling import (
+from labkit.efficiency.compiling import (
     CHAIN_OPS,
     CompileReport,
     break_even_steps,
@@ -54,7 +54,7 @@ def test_compile_failure_is_caught():
 
     r = compare_compiled(lambda: None, broken, label="x", min_run_time=0.01)
     assert not r.ok and "no C++ compiler" in r.error
-    with pytest.raises(TypeError, match="callables"):
+    with pytest.raises(TypeError, match="eager_fn must be callable"):
         compare_compiled(None, broken)
 
 

@@ -1,4 +1,4 @@
-"""labkit.course: a learner's run of every lesson, with HTML copies, times and verdicts.
+"""labkit.classroom.course: a learner's run of every lesson, with HTML copies, times and verdicts.
 
 One real run (``labkit course --fast``) over a small course built from the fixtures: a good
 lesson, a broken one, and one with a figure and a widget explorer; the table is also checked
@@ -18,7 +18,7 @@ from nbformat.v4 import new_code_cell
 from labkit import cli
 from labkit.checks import CheckResult
 from labkit.classroom import NotebookRun
-from labkit.course import course_table, lessons, run_course, verdict
+from labkit.classroom.course import course_table, lessons, run_course, verdict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "classroom"
 

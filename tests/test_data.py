@@ -20,7 +20,7 @@ def test_digits_and_mnist_subset_are_real_and_scaled():
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+    with pytest.raises(ValueError, match="name must be one of 'digits', 'mnist_subset'; got 'cifar'"):
         D.load_arrays("cifar")
 
 
@@ -91,5 +91,5 @@ def test_dataset_to_tensors_on_tiny_generated_files(tmp_path):
 
 
 def test_torchvision_loader_rejects_unknown_names(tmp_path):
-    with pytest.raises(ValueError, match="unknown torchvision dataset"):
+    with pytest.raises(ValueError, match="name must be one of .*got 'imagenet'"):
         D.load_torchvision("imagenet", tmp_path)

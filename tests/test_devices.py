@@ -65,15 +65,28 @@ def test_env_var_overrides_but_argument_wins(fake_cuda, monkeypatch):
 def test_unavailable_or_unknown_devices_are_clear_errors(cpu_only, monkeypatch):
     with pytest.raises(ValueError, match="not available"):
         D.get_device("cuda")
-    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a device name.*available here: \['cpu'\]"):
         D.get_device("gpu")
-    with pytest.raises(ValueError, match="malformed"):
+    with pytest.raises(ValueError, match="device 'cuda:x' is not a device name"):
         D.get_device("cuda:x")
     with pytest.raises(TypeError, match="device must be"):
         D.get_device(3)
     monkeypatch.setenv(D.ENV_VAR, "tpu")
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+    with pytest.raises(ValueError, match=r"LABKIT_DEVICE 'tpu' \(from \$LABKIT_DEVICE\) is not a device name"):
         D.get_device()
+
+
+@pytest.mark.parametrize("bad", ["cuda:3", "banana", "cuda", torch.device("cuda", 3), "mps", "xla:0", "cpu:x"])
+def test_every_device_argument_names_the_available_devices(cpu_only, bad):
+    for fn in (D.get_device, D.check_device, D.synchronize, D.describe_device):
+        with pytest.raises(ValueError, match=r"device .* available here: \['cpu'\]"):
+            fn(bad)
+
+
+def test_an_index_past_the_gpus_is_refused(fake_cuda):
+    assert D.check_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"device 'cuda:3' is not available; available here"):
+        D.check_device("cuda:3")
 
 
 def test_describe_cpu_reads_real_machine(cpu_only):
@@ -119,6 +132,7 @@ def test_synchronize_calls_the_right_backend(fake_cuda, monkeypatch):
     D.synchronize("cuda:1")
     assert fake_cuda == [torch.device("cuda:1")]
     mps_calls = []
+    monkeypatch.setattr(D, "_mps_available", lambda: True)
     monkeypatch.setattr(torch.mps, "synchronize", lambda: mps_calls.append(1))
     D.synchronize("mps")
     assert mps_calls == [1]

@@ -21,7 +21,7 @@ from labkit.distill import (
     soft_target_loss,
     soft_targets,
 )
-from labkit.feature_distill import FeatureHint
+from labkit.distill.feature import FeatureHint
 from labkit.models import MLP, SmallCNN, tiny_student
 
 
@@ -177,7 +177,7 @@ def test_mismatched_shapes_and_class_counts(logits):
         distillation_loss(zs, zt[:, :4], y, temperature=2.0, alpha=0.5)
     with pytest.raises(ValueError, match="mismatched logits shapes"):
         distillation_loss(zs, zt[:4], y, temperature=2.0, alpha=0.5)
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="student_logits must have 2 dimensions"):
         distillation_loss(zs.flatten(), zt.flatten(), y, temperature=2.0, alpha=0.5)
     with pytest.raises(ValueError, match="labels must have shape"):
         distillation_loss(zs, zt, y[:3], temperature=2.0, alpha=0.5)

@@ -97,3 +97,20 @@ def test_lab_ships_settings_that_turn_off_the_news_prompt():
     props = json.loads(schema.read_text())["properties"]
     assert {c["const"] for c in props["fetchNews"]["oneOf"]} >= {"false"}
     assert props["checkForUpdates"]["type"] == "boolean"
+
+
+def test_readme_lesson_map_names_real_modules_and_tests():
+    """Every module and test file the README's lesson table names exists (the map follows the layout)."""
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if re.match(r"\| \d\d \|", line)]
+    assert len(rows) == len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert (ROOT / "notebooks" / f"{cells[1].strip('`')}.ipynb").exists(), cells[1]
+        for name in re.findall(r"`([\w.]+)`", cells[3]):
+            path = ROOT / "labkit" / Path(*name.split("."))
+            found = path.with_suffix(".py").exists() or path.is_dir()
+            if not found and "." not in name:  # a sub-module listed after its package: `prune` (`masks`, ...)
+                found = bool(list((ROOT / "labkit").glob(f"*/{name}.py")))
+            assert found, f"README names labkit.{name}, which does not exist"
+        for test in re.findall(r"`(test_[\w*]+)`", cells[4]):
+            assert list((ROOT / "tests").glob(f"{test}.py")), f"README names {test}, which matches no test file"

@@ -115,13 +115,15 @@ def test_compare_by_hand():
 
 def test_bad_input(mlp_onnx, tmp_path):
     model, path = mlp_onnx
-    with pytest.raises(ValueError, match="path must end in .onnx"):
+    with pytest.raises(ValueError, match=r"path must be a \.onnx file"):
         export(model, model.example_inputs(), tmp_path / "m.pt")
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         export("model", model.example_inputs(), tmp_path / "m.onnx")
-    with pytest.raises(TypeError, match="example_inputs must be a tensor"):
+    with pytest.raises(ValueError, match="example_inputs must not be empty"):
         export(model, (), tmp_path / "m.onnx")
-    with pytest.raises(ValueError, match="no such ONNX file"):
+    with pytest.raises(TypeError, match="example_inputs must be a tensor"):
+        export(model, None, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="path: no such file"):
         run_onnx(tmp_path / "missing.onnx", torch.ones(1, 1, 28, 28))
     with pytest.raises(ValueError, match="takes 1 input"):
         run_onnx(path, (torch.ones(1, 1, 28, 28), torch.ones(1)))
@@ -129,7 +131,11 @@ def test_bad_input(mlp_onnx, tmp_path):
         run_onnx(nn.Linear(2, 2), torch.ones(1, 2))
     with pytest.raises(ValueError, match="shapes differ"):
         compare(torch.ones(2), torch.ones(3))
+    with pytest.raises(ValueError, match="atol must be a number >= 0.0, got -1"):
+        compare(torch.ones(2), torch.ones(2), atol=-1)
+    with pytest.raises(TypeError, match="reference must be a torch.Tensor"):
+        compare([1.0, 2.0], torch.ones(2))
     with pytest.raises(ValueError, match="weight_type must be one of"):
         quantize_onnx(path, tmp_path / "q.onnx", weight_type="int4")
-    with pytest.raises(ValueError, match="out_path must end in .onnx"):
+    with pytest.raises(ValueError, match=r"out_path must be a \.onnx file"):
         quantize_onnx(path, tmp_path / "q.bin")

@@ -4,18 +4,24 @@ clear errors for impossible requests, and the same worker under torchrun."""
 from __future__ import annotations
 
 import ast
+import math
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
+import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from labkit.parallel import examples
+from labkit.parallel import launch as launch_mod
 from labkit.parallel.launch import WorkerError, check_port, free_port, launch
 from labkit.parallel.run import main as run_main
 from labkit.parallel.run import resolve
@@ -77,9 +83,15 @@ def test_busy_port_is_a_value_error():
     _assert_nothing_left()
 
 
-@pytest.mark.parametrize("port", [0, 70000, -5, True, "29500", 1.0])
+@pytest.mark.parametrize("port", [0, 70000, -5])
 def test_bad_port_values(port):
     with pytest.raises(ValueError, match="port"):
+        check_port(port)
+
+
+@pytest.mark.parametrize("port", [True, "29500", 1.0, None])
+def test_bad_port_types(port):
+    with pytest.raises(TypeError, match="port"):
         check_port(port)
 
 
@@ -105,13 +117,53 @@ def test_worker_must_be_an_importable_function(worker):
     ({"timeout": 0}, ValueError, "timeout"),
     ({"timeout": -1.0}, ValueError, "timeout"),
     ({"timeout": "10"}, TypeError, "timeout"),
+    ({"timeout": math.nan}, ValueError, "timeout"),
+    ({"timeout": math.inf}, ValueError, "timeout"),
     ({"threads_per_rank": 0}, ValueError, "threads_per_rank"),
-    ({"threads_per_rank": 1.5}, ValueError, "threads_per_rank"),
+    ({"threads_per_rank": 1.5}, TypeError, "threads_per_rank"),
     ({"backend": "mpi"}, ValueError, "backend"),
+    ({"host": None}, TypeError, "host"),
+    ({"lock": threading.Lock()}, TypeError, "picklable"),
 ])
-def test_bad_options(kwargs, exc, word):
+def test_bad_options_are_refused_before_any_process_starts(monkeypatch, kwargs, exc, word):
+    def no_spawn(*a, **k):
+        raise AssertionError("a process was about to start")
+
+    monkeypatch.setattr(launch_mod._Run, "start", no_spawn)
     with pytest.raises(exc, match=word):
         launch(examples.hello, 2, **kwargs)
+    _assert_nothing_left()
+
+
+TRACE_FROM_PEER = """Traceback (most recent call last):
+  File "/x/labkit/parallel/launch.py", line 150, in _entry
+    value = worker(*args, **kwargs)
+  File "/x/labkit/parallel/examples.py", line 42, in fail_on_rank
+    dist.barrier()
+torch.distributed.DistBackendError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242
+Exception raised from recvLoop at /pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534 (most recent call first):
+frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x98 (0x7f in libc10.so)
+frame #1: <unknown function> + 0x5a3 (0x7f in libtorch_cpu.so)
+"""
+
+
+def test_peer_messages_are_trimmed_to_one_line():
+    assert launch_mod._first_line(TRACE_FROM_PEER) == \
+        "torch.distributed.DistBackendError: Connection closed by peer [127.0.0.1]:4242"
+    assert launch_mod._first_line("Traceback:\n  File 'a'\nValueError: bad x") == "ValueError: bad x"
+
+
+def test_exit_reasons(monkeypatch):
+    killed = launch_mod._exit_reason(-signal.SIGKILL, started=True)
+    assert "SIGKILL" in killed and "__main__" not in killed
+    exited = launch_mod._exit_reason(3, started=True)
+    assert "code 3" in exited and "__main__" not in exited
+    # a rank that never reached the worker, started from a script: the guard is the likely cause
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__="/home/me/train.py"))
+    monkeypatch.delattr(sys, "ps1", raising=False)
+    assert "if __name__ == '__main__'" in launch_mod._exit_reason(1, started=False)
+    assert "train.py" in launch_mod._exit_reason(1, started=False)
+    assert "__main__" not in launch_mod._exit_reason(1, started=True)
 
 
 def test_resolve_worker_spec():
@@ -172,17 +224,54 @@ def test_a_rank_that_dies_is_named():
         launch(examples.die_on_rank, 2, 0, timeout=60)
     assert time.monotonic() - start < 45
     assert info.value.rank == 0
-    assert "exited with code 3" in str(info.value)
+    message = str(info.value)
+    assert "exited with code 3" in message and "__main__" not in message
+    assert "frame #" not in message  # the peer's gloo error is one line, not a C++ trace
     _assert_nothing_left()
 
 
 @pytest.mark.dist
-def test_a_hang_times_out_and_is_stopped():
+def test_a_rank_killed_by_a_signal_is_named():
+    with pytest.raises(WorkerError) as info:
+        launch(examples.kill_rank, 2, 1, timeout=60)
+    assert info.value.rank == 1
+    message = str(info.value)
+    assert "SIGKILL" in message and "__main__" not in message
+    _assert_nothing_left()
+
+
+@pytest.mark.dist
+def test_a_worker_the_ranks_cannot_import(tmp_path, monkeypatch):
+    (tmp_path / "lonely_worker_mod.py").write_text(textwrap.dedent("""
+        def work():
+            return 1
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lonely_worker_mod
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])  # the ranks won't see it
     start = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"ranks \[0, 1\]"):
-        launch(examples.sleep_forever, 2, timeout=6)
+    try:
+        with pytest.raises(WorkerError) as info:
+            launch(lonely_worker_mod.work, 2, timeout=60)
+    finally:
+        sys.modules.pop("lonely_worker_mod", None)
+    assert time.monotonic() - start < 30
+    assert info.value.rank in (0, 1)
+    assert "ModuleNotFoundError" in str(info.value) and "lonely_worker_mod" in str(info.value)
+    assert "without reporting" not in str(info.value)
+    _assert_nothing_left()
+
+
+@pytest.mark.dist
+def test_a_hang_times_out_names_ranks_and_what_they_did():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"ranks \[0, 1\]") as info:
+        launch(examples.sleep_forever, 2, timeout=20)
     elapsed = time.monotonic() - start
-    assert 6 <= elapsed < 6 + 20
+    assert 20 <= elapsed < 20 + 20
+    for rank in (0, 1):
+        assert f"rank {rank}: last reported 'rank {rank} sleeping 3600 s after the barrier'" in str(info.value)
     _assert_nothing_left()
 
 

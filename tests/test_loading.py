@@ -1,4 +1,4 @@
-"""labkit.loading: loaders deliver the same data however they are configured; bad settings fail clearly."""
+"""labkit.efficiency.loading: loaders deliver the same data however they are configured; bad settings fail clearly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from labkit.loading import (
+from labkit.efficiency.loading import (
     Augment,
     MemmapDataset,
     Transformed,
@@ -101,7 +101,7 @@ def test_bad_settings_fail_clearly(data, tmp_path):
         build_loader(ds, num_workers=0, prefetch_factor=2)
     with pytest.raises(ValueError, match="prefetch_factor must be"):
         build_loader(ds, num_workers=1, prefetch_factor=0)
-    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+    with pytest.raises(ValueError, match="num_workers must be an int >= 0"):
         build_loader(ds, num_workers=-1)
     with pytest.raises(ValueError, match="batch_size"):
         build_loader(ds, batch_size=0)

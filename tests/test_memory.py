@@ -1,4 +1,4 @@
-"""labkit.memory: byte counts checked by hand, checkpointing and accumulation checked against plain runs."""
+"""labkit.efficiency.memory: byte counts checked by hand, checkpointing and accumulation checked against plain runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from labkit.memory import (
+from labkit.efficiency.memory import (
     CheckpointedSequential,
     SavedTensorMeter,
     accumulation_step,
@@ -21,7 +21,6 @@ from labkit.memory import (
     parameter_bytes,
     peak_rss_bytes,
     saved_activation_bytes,
-    tensor_bytes,
     training_memory,
 )
 from labkit.models import MLP
@@ -30,14 +29,6 @@ from labkit.models import MLP
 def deep(depth=6, width=16, classes=5):
     torch.manual_seed(0)
     return MLP((width,), hidden=(width,) * depth, num_classes=classes)
-
-
-def test_tensor_bytes_counts_storages_once():
-    a = torch.zeros(10, 10)
-    assert tensor_bytes([a, a.t(), a[2:5], a.view(-1)]) == 400
-    assert tensor_bytes([a, torch.zeros(3, dtype=torch.float64)]) == 424
-    with pytest.raises(TypeError, match="tensors"):
-        tensor_bytes([a, 3])
 
 
 def test_saved_activations_hand_count():

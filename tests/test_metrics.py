@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from labkit import metrics as Mx
+from labkit import timing
+from labkit.metrics import tensor_bytes
 from labkit.models import MLP, SmallCNN
+from labkit.timing import Timing
 
 
 def test_size_on_disk_tracks_parameter_bytes(tmp_path):
@@ -46,19 +49,17 @@ def test_bad_input(tmp_path):
 
 
 def test_compare_latency_takes_medians_of_alternating_rounds(monkeypatch):
-    from labkit.bench import Timing
-
     a, b = MLP((4,), hidden=(2,)), MLP((4,), hidden=(3,))
-    seconds = {id(a): iter([0.010, 0.030, 0.012]), id(b): iter([0.005, 0.010, 0.004])}  # round 2 was noisy
+    seconds = {"a": iter([0.010, 0.030, 0.012]), "b": iter([0.005, 0.010, 0.004])}  # round 2 was noisy
     calls = []
 
-    def fake_latency(model, inputs, **kwargs):
-        calls.append(id(model))
-        return Timing("x", next(seconds[id(model)]), 0.0, 0.0, 1, 1)
+    def fake_time_fn(fn, *, label, **kwargs):
+        calls.append(label)
+        return Timing(label, next(seconds[label]), 0.0, 0.0, 1, 1)
 
-    monkeypatch.setattr(Mx, "latency", fake_latency)
+    monkeypatch.setattr(timing, "time_fn", fake_time_fn)
     out = Mx.compare_latency({"a": a, "b": b}, torch.rand(2, 4), rounds=3)
-    assert calls == [id(a), id(b)] * 3  # alternating rounds
+    assert calls == ["a", "b"] * 3  # alternating rounds
     assert out["a"] == {"latency_ms": pytest.approx(12.0), "speedup": pytest.approx(1.0)}
     assert out["b"]["latency_ms"] == pytest.approx(5.0)
     assert out["b"]["speedup"] == pytest.approx(3.0)  # median of 2, 3, 3
@@ -72,3 +73,11 @@ def test_compare_latency_bad_input():
         Mx.compare_latency({"m": m}, torch.rand(1, 4), rounds=0)
     with pytest.raises(TypeError, match="model"):
         Mx.compare_latency({"m": "not a model"}, torch.rand(1, 4))
+
+
+def test_tensor_bytes_counts_storages_once():
+    a = torch.zeros(10, 10)
+    assert tensor_bytes([a, a.t(), a[2:5], a.view(-1)]) == 400
+    assert tensor_bytes([a, torch.zeros(3, dtype=torch.float64)]) == 424
+    with pytest.raises(TypeError, match="tensors"):
+        tensor_bytes([a, 3])

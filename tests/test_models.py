@@ -41,21 +41,23 @@ def test_build_model_by_name():
     assert isinstance(M.build_model("teacher"), M.SmallCNN)
     assert isinstance(M.build_model("mlp", input_shape=(1, 8, 8), hidden=(16,)), M.MLP)
     assert M.count_parameters(M.build_model("student")) == M.count_parameters(M.tiny_student())
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="name must be one of"):
         M.build_model("resnet")
 
 
-@pytest.mark.parametrize("make, err", [
-    (lambda: M.MLP((0, 28)), ValueError),
-    (lambda: M.MLP("28x28"), TypeError),
-    (lambda: M.MLP(hidden=(-1,)), ValueError),
-    (lambda: M.MLP(num_classes=0), ValueError),
-    (lambda: M.SmallCNN((28, 28)), ValueError),
-    (lambda: M.SmallCNN(widths=()), ValueError),
-    (lambda: M.SmallCNN(widths=(8.5,)), ValueError),
+@pytest.mark.parametrize("make, err, word", [
+    (lambda: M.MLP((0, 28)), ValueError, r"input_shape\[0\] must be an int >= 1"),
+    (lambda: M.MLP("28x28"), TypeError, "input_shape must be a tuple"),
+    (lambda: M.MLP(hidden=(-1,)), ValueError, r"hidden\[0\]"),
+    (lambda: M.MLP(hidden=None), TypeError, "hidden"),
+    (lambda: M.MLP(num_classes=0), ValueError, "num_classes"),
+    (lambda: M.MLP(num_classes=10.0), TypeError, "num_classes"),
+    (lambda: M.SmallCNN((28, 28)), ValueError, "input_shape"),
+    (lambda: M.SmallCNN(widths=()), ValueError, "conv block"),
+    (lambda: M.SmallCNN(widths=(8.5,)), TypeError, r"widths\[0\] must be an int"),
 ])
-def test_bad_configs(make, err):
-    with pytest.raises(err):
+def test_bad_configs(make, err, word):
+    with pytest.raises(err, match=word):
         make()
 
 

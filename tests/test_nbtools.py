@@ -1,4 +1,4 @@
-"""labkit.nbtools: stripping keeps exactly the checked outputs; lint catches each broken rule."""
+"""labkit.classroom.nbtools: stripping keeps exactly the checked outputs; lint catches each broken rule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from labkit import nbtools as N
+from labkit.classroom import nbtools as N
 
 FRONT = "# Lesson\nLearning goals: x. Prerequisites: y. Runs on: CPU. Time: 1 min."
 EXERCISE = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\ncheck('{k}', f, expected=1)"

@@ -1,4 +1,4 @@
-"""labkit.optim: from-scratch update rules equal torch.optim, step for step."""
+"""labkit.efficiency.optim: from-scratch update rules equal torch.optim, step for step."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labkit.models import MLP
-from labkit.optim import (
+from labkit.efficiency.optim import (
     ScratchAdam,
     ScratchSGD,
     adam_update,
@@ -18,6 +17,7 @@ from labkit.optim import (
     step_speed,
     torch_optimizer,
 )
+from labkit.models import MLP
 
 
 def _train(model, opt, steps=6, seed=0):

@@ -10,17 +10,14 @@ from torch import nn
 
 from labkit.parallel.launch import launch
 from labkit.parallel.pipeline import (
-    LiveActivationMeter,
     bubble_worker,
-    differences,
-    make_problem,
     measured_bubbles,
     partition,
     pipeline_worker,
-    reference_run,
     split_model,
     torch_pipelining_worker,
 )
+from labkit.parallel.problem import LiveActivationMeter, differences, make_problem, reference_run
 
 
 def test_partition_by_hand():
@@ -161,5 +158,7 @@ def test_differences_by_hand():
     d = differences(ranks, ref)
     assert d == {"output": 0.25, "grads": 0.5, "params": 0.0, "missing": []}
     assert differences(ranks[:1], ref)["missing"] == ["b"]
-    with pytest.raises(ValueError, match="reference"):
+    with pytest.raises(ValueError, match="results must not be empty"):
         differences([], ref)
+    with pytest.raises(ValueError, match="reference lacks"):
+        differences(ranks, {"output": None})

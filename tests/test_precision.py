@@ -1,4 +1,4 @@
-"""labkit.precision: format facts from first principles, and a loss scaler equal to torch.amp.GradScaler."""
+"""labkit.efficiency.precision: format facts from first principles, and a loss scaler equal to torch.amp.GradScaler."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labkit.precision import (
+from labkit.efficiency.precision import (
     NaiveLossScaler,
     autocast_step_times,
     autocast_supported,
@@ -117,7 +117,7 @@ def test_autocast_times_rows():
 
 
 def test_unsupported_autocast_is_reported(monkeypatch):
-    import labkit.precision as P
+    import labkit.efficiency.precision as P
 
     monkeypatch.setattr(P, "autocast_supported", lambda device_type, dtype: False)
     model = torch.nn.Linear(4, 2)

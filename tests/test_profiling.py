@@ -1,4 +1,4 @@
-"""labkit.profiling: the four phases are found, timed, and add up to the step's wall time."""
+"""labkit.efficiency.profiling: the four phases are found, timed, and add up to the step's wall time."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from labkit.profiling import (
+from labkit.efficiency.profiling import (
     PHASES,
     BatchStream,
     StepProfile,
     annotated_step,
-    compare_times,
     phase_times,
     profile_training,
 )
@@ -109,16 +108,3 @@ def test_bad_arguments():
 def test_coverage_of_an_empty_profile_is_zero():
     p = StepProfile({p: 0.0 for p in PHASES}, 0.0, 1, "", ())
     assert p.coverage == 0.0
-
-
-def test_compare_times_orders_known_durations():
-    got = compare_times({"short": lambda: time.sleep(0.002), "long": lambda: time.sleep(0.008)}, rounds=3,
-                        min_run_time=0.01)
-    assert list(got) == ["short", "long"]
-    assert got["short"] >= 0.002 and got["long"] >= 0.008  # sleep never returns early
-    with pytest.raises(TypeError, match="fns"):
-        compare_times({})
-    with pytest.raises(TypeError, match="fns"):
-        compare_times({"a": 3})
-    with pytest.raises(ValueError, match="rounds"):
-        compare_times({"a": lambda: None}, rounds=0)

@@ -37,7 +37,7 @@ def test_csr_arrays_equal_torch_to_sparse_csr():
         ref = m.to_sparse_csr()
     assert torch.equal(crow.long(), ref.crow_indices()) and torch.equal(col.long(), ref.col_indices())
     assert torch.equal(values, ref.values())
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="matrix must have 2 dimensions"):
         csr_arrays(torch.ones(3))
 
 

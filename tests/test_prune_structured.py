@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from labkit import prune
-from labkit.bench import count_flops
+from labkit.metrics import count_flops
 from labkit.models import MLP, SmallCNN
 from labkit.train import fit
 

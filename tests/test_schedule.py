@@ -127,13 +127,17 @@ def test_errors():
         simulate([[("F", 0), ("B", 0)], [("F", 0)]])
     with pytest.raises(ValueError, match="orders"):
         simulate([])
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ValueError, match="name must be one of"):
         make_schedule("zigzag", 2, 2)
     with pytest.raises(ValueError, match="whole-number"):
         render(gpipe(2, 2, t_forward=0.5))
     with pytest.raises(ValueError, match="slots"):
         idle_fraction([])
-    with pytest.raises(ValueError, match="slots"):
+    with pytest.raises(TypeError, match=r"slots\[0\] must be Slot"):
         peak_in_flight([("F", 0)])
+    with pytest.raises(ValueError, match="end must be a number >= 2"):
+        Slot(0, "F", 0, 2, 1)
+    with pytest.raises(TypeError, match="stage must be int"):
+        Slot(None, "F", 0, 0, 1)
     with pytest.raises(ValueError, match="stages 0..p-1"):
         replay([Slot(1, "F", 0, 0, 1), Slot(1, "B", 0, 1, 2)])

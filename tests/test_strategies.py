@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from labkit.parallel.comm import CountingComm
 from labkit.parallel.launch import launch
 from labkit.parallel.strategies import (
-    CountingComm,
     Workload,
     compare_table,
     ddp_bytes_worker,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from labkit.parallel.comm import CountingComm
 from labkit.parallel.launch import launch
-from labkit.parallel.pipeline import reference_run
-from labkit.parallel.strategies import CountingComm
+from labkit.parallel.problem import reference_run
 from labkit.parallel.tensor_parallel import (
     ColumnParallelLinear,
     RowParallelLinear,

@@ -3,11 +3,13 @@ each of 2 ranks holding half of the parameters, gradients and Adam state."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from labkit.data import load_arrays
-from labkit.memory import training_memory
+from labkit.efficiency.memory import training_memory
 from labkit.parallel.data_parallel import build_model, train_single_process
 from labkit.parallel.launch import launch
 from labkit.parallel.zero import STAGES, fsdp_train, zero_memory
@@ -42,7 +44,8 @@ def test_table_from_a_measured_step():
     ([1, 2], 2, TypeError, "memory"),
     ({"parameters": 1}, 2, ValueError, "lacks"),
     (TOY, 0, ValueError, "world_size"),
-    (TOY, 1.5, ValueError, "world_size"),
+    (TOY, 1.5, TypeError, "world_size"),
+    ({**TOY, "gradients": math.nan}, 2, ValueError, "gradients"),
 ])
 def test_errors(memory, world, exc, word):
     with pytest.raises(exc, match=word):

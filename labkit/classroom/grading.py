@@ -8,7 +8,7 @@ learner deleted the check, the kernel died, the notebook ran out of time) is "mi
 One point per passed exercise; the report is a text table and a CSV in long format (one row
 per exercise plus a TOTAL row per notebook) that a grade book or a spreadsheet can pivot.
 
-Used by ``labkit grade`` and by :mod:`labkit.course` (``labkit course``).
+Used by ``labkit grade`` and by :mod:`labkit.classroom.course` (``labkit course``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,16 @@ from pathlib import Path
 
 import nbformat
 
+from labkit import _args
 from labkit.checks import LOG_ENV, PASS, CheckResult
-from labkit.classroom.student import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, exercise_names
+from labkit.classroom.student import (
+    BEGIN_HIDDEN,
+    BEGIN_SOLUTION,
+    END_HIDDEN,
+    check_notebook,
+    exercise_names,
+    read_notebook,
+)
 
 MISSING = "missing"
 _CHECK_CALL = re.compile(r"\bcheck\(")
@@ -47,6 +55,9 @@ class NotebookRun:
     timed_out: bool = False
     kernel_died: bool = False
     nb: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        _args.fields(self)
 
     @property
     def ran_to_end(self) -> bool:
@@ -78,12 +89,25 @@ def verdicts_from_log(log: str | os.PathLike, expected: Sequence[str]) -> list[C
     A check that ran twice counts once, with its last verdict; an expected exercise that never
     reported is "missing" (an absent log file means no check ran at all).
     """
-    log = Path(log)
+    log = _args.path("log", log)
+    expected = [_args.text(f"expected[{i}]", n) for i, n in enumerate(_args.sequence("expected", expected))]
     lines = log.read_text().splitlines() if log.exists() else []
-    latest = {v.exercise: v for v in (CheckResult(**json.loads(line)) for line in lines if line.strip())}
+    latest = {}
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            v = _log_line(log, number, line)
+            latest[v.exercise] = v
     gone = "the check never reported (deleted, or the notebook stopped before it)"
     return ([latest.get(n, CheckResult(n, MISSING, gone)) for n in expected]
             + [v for k, v in latest.items() if k not in expected])
+
+
+def _log_line(log: Path, number: int, line: str) -> CheckResult:
+    """One verdict of a check log; a line that is not one is a ValueError naming the file and line."""
+    try:
+        return CheckResult(**json.loads(line))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"log {str(log)!r}, line {number} is not a check verdict ({err}): {line[:80]!r}") from None
 
 
 def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float = 600,
@@ -99,13 +123,16 @@ def run_notebook(path: str | os.PathLike, *, fast: bool = True, timeout: float =
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-    path = Path(path)
-    if nb is None:
-        if path.suffix != ".ipynb" or not path.is_file():
-            raise ValueError(f"not a notebook file: {str(path)!r}")
-        nb = nbformat.read(path, as_version=4)
-    if not timeout or timeout <= 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    path = _args.path("path", path)
+    _args.boolean("fast", fast)
+    _args.positive_float("timeout", timeout)
+    _args.text("kernel_name", kernel_name)
+    if expected is not None:
+        _args.sequence("expected", expected, of=str)
+    if env is not None:
+        _args.mapping("env", env)
+    nb = read_notebook(path) if nb is None else nb
+    check_notebook("nb", nb)
     names = list(expected) if expected is not None else exercise_names(nb)
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
         log = Path(tmp) / "checks.jsonl"
@@ -158,6 +185,8 @@ def restore_checks(submitted, source):
     a check is graded on the instructor's version; the hidden tests of a source cell that also
     holds a solution run in a new cell right after the learner's version of it.
     """
+    check_notebook("submitted", submitted)
+    check_notebook("source", source)
     out = copy.deepcopy(submitted)
     by_id = {c.get("id"): c for c in source.cells if c.get("id") and c.cell_type == "code"}
     cells = []
@@ -179,6 +208,9 @@ class GradeReport:
     """The verdicts of every graded notebook; ``table()`` for people, ``write_csv()`` for a grade book."""
 
     runs: list[NotebookRun]
+
+    def __post_init__(self):
+        _args.fields(self)
 
     @property
     def points(self) -> int:
@@ -229,24 +261,24 @@ def grade(notebooks: Sequence[str | os.PathLike], *, source_dir: str | os.PathLi
     notebook, outputs included, as ``feedback_dir/<the notebook's folder>/<name>.ipynb``, to hand
     back to the learner.
     """
-    if isinstance(notebooks, (str, os.PathLike)):
-        raise TypeError("notebooks must be a list of paths, not a single path")
-    paths = [Path(p) for p in notebooks]
-    if not paths:
-        raise ValueError("notebooks is empty: give at least one notebook to grade")
-    for p in paths:
-        if p.suffix != ".ipynb" or not p.is_file():
-            raise ValueError(f"not a notebook file: {str(p)!r}")
-    if source_dir is not None and not Path(source_dir).is_dir():
+    what = "a list of notebook paths (not a single path)"
+    paths = [_args.path(f"notebooks[{i}]", p) for i, p in
+             enumerate(_args.sequence("notebooks", notebooks, non_empty=True, what=what))]
+    _args.boolean("fast", fast)
+    _args.positive_float("timeout", timeout)
+    if source_dir is not None and not _args.path("source_dir", source_dir).is_dir():
         raise ValueError(f"source_dir must be a directory, got {str(source_dir)!r}")
+    if feedback_dir is not None:
+        _args.path("feedback_dir", feedback_dir)
+    notebooks = [read_notebook(p, name=f"notebooks[{i}]") for i, p in enumerate(paths)]  # all readable first
     runs = []
-    for p in paths:
-        nb, expected = nbformat.read(p, as_version=4), None
+    for p, nb in zip(paths, notebooks):
+        expected = None
         if source_dir is not None:
             ref_path = Path(source_dir) / p.name
             if not ref_path.is_file():
                 raise ValueError(f"source_dir has no {p.name} to grade {str(p)!r} against")
-            ref = nbformat.read(ref_path, as_version=4)
+            ref = read_notebook(ref_path, name="source_dir")
             nb, expected = restore_checks(nb, ref), exercise_names(ref)
         runs.append(run_notebook(p, nb=nb, fast=fast, timeout=timeout, expected=expected))
         if feedback_dir is not None:  # feedback/<learner's folder>/<notebook>: names repeat across learners

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import nbformat
 
+from labkit import _args
+
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError")
@@ -36,10 +38,29 @@ MARKDOWN_STUB = "YOUR ANSWER HERE"
 _CHECK_NAME = re.compile(r"""\bcheck\(\s*(?:exercise\s*=\s*)?(['"])(.+?)\1""")
 
 
+def read_notebook(path: str | os.PathLike, *, name: str = "path") -> nbformat.NotebookNode:
+    """The notebook at ``path`` (nbformat 4); a missing, corrupt or non-notebook file is a
+    ValueError naming ``name`` and the file, never a bare JSON or schema error."""
+    p = _args.path(name, path)
+    if p.suffix != ".ipynb" or not p.is_file():
+        raise ValueError(f"{name}: not a notebook file: {str(p)!r}")
+    try:
+        return nbformat.read(p, as_version=4)
+    except Exception as err:  # noqa: BLE001 - NotJSONError, jsonschema's ValidationError, UnicodeDecodeError, ...
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"{name}: {str(p)!r} is not a readable notebook ({why})") from None
+
+
+def check_notebook(name: str, nb) -> None:
+    """TypeError unless ``nb`` is an nbformat notebook (``name`` says which argument)."""
+    _args.text("name", name)
+    if not isinstance(nb, nbformat.NotebookNode) or not hasattr(nb, "cells"):
+        raise TypeError(f"{name} must be a notebook (nbformat.NotebookNode), got {type(nb).__name__}")
+
+
 def exercise_names(nb) -> list[str]:
     """The exercise names of every ``check("NN.k name", ...)`` call in ``nb``'s code cells, in order."""
-    if not hasattr(nb, "cells"):
-        raise TypeError(f"nb must be a notebook (nbformat.NotebookNode), got {type(nb).__name__}")
+    check_notebook("nb", nb)
     names: list[str] = []
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -82,8 +103,8 @@ def _compiles(source: str) -> bool:
 
 def student_cell_source(source: str, *, cell_type: str = "code", where: str = "cell") -> str:
     """The student version of one cell's source (see the module docstring for the rules)."""
-    if cell_type not in ("code", "markdown", "raw"):
-        raise ValueError(f"cell_type must be 'code', 'markdown' or 'raw', got {cell_type!r}")
+    _args.text("source", source, non_empty=False)
+    _args.choice("cell_type", cell_type, ("code", "markdown", "raw"))
     lines = source.split("\n")
     if cell_type == "code":
         if any(ln.strip() == BEGIN_SOLUTION and not ln[:1].isspace() for ln in lines):
@@ -102,8 +123,8 @@ def student_cell_source(source: str, *, cell_type: str = "code", where: str = "c
 
 def make_student(nb, *, name: str = "notebook"):
     """Return the student version of ``nb`` (a copy): stubs for solutions, no hidden tests, no outputs."""
-    if not hasattr(nb, "cells"):
-        raise TypeError(f"nb must be a notebook (nbformat.NotebookNode), got {type(nb).__name__}")
+    check_notebook("nb", nb)
+    _args.text("name", name)
     out = copy.deepcopy(nb)
     for i, cell in enumerate(out.cells):
         cell.source = student_cell_source(cell.source, cell_type=cell.cell_type, where=f"{name}, cell {i}")
@@ -127,7 +148,7 @@ def build_student(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> lis
     ``out_dir`` is created if needed and must not be ``src_dir`` or inside it (the copies would
     overwrite the solutions, or be collected by nbval as lessons).
     """
-    src, out = Path(src_dir), Path(out_dir)
+    src, out = _args.path("src_dir", src_dir), _args.path("out_dir", out_dir)
     if not src.is_dir():
         raise ValueError(f"src_dir must be a directory of notebooks, got {str(src)!r}")
     sources = sorted(src.glob("*.ipynb"))
@@ -137,7 +158,7 @@ def build_student(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> lis
         raise ValueError(f"out_dir {str(out)!r} must not be src_dir {str(src)!r} or inside it")
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {str(out)!r} exists and is not a directory")
-    students = [make_student(nbformat.read(p, as_version=4), name=p.name) for p in sources]  # all or nothing
+    students = [make_student(read_notebook(p, name="src_dir"), name=p.name) for p in sources]  # all or nothing
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for p, nb in zip(sources, students):

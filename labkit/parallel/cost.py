@@ -12,7 +12,7 @@ bytes per second one rank can push through the ring (its algorithm bandwidth), a
 all-reduces (:func:`allreduce_sweep`), and lesson 03 checks the model against measured
 data-parallel step times.
 
-Why not :func:`labkit.bench.time_fn` here: its auto-ranging picks how many runs to time from
+Why not :func:`labkit.timing.time_fn` here: its auto-ranging picks how many runs to time from
 the local clock, so two ranks could pick different counts - and a collective that one rank
 calls more often than the other hangs. :func:`time_collective` runs a fixed number of
 repetitions, lines the ranks up with a barrier before each, and keeps the slowest rank's time
@@ -29,13 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from labkit import _args
 from labkit.parallel.ring import ring_all_reduce_
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def time_collectives(fns: dict[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
@@ -46,10 +41,11 @@ def time_collectives(fns: dict[str, Callable[[], object]], *, repeats: int = 5, 
     seconds; each time is the slowest rank's, so every rank returns the same numbers. Quote the
     median; the minimum (best of the repetitions) is the steadier estimate on a busy machine.
     """
-    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
-        raise TypeError("fns must be a non-empty dict of name -> callable")
-    _check_count("repeats", repeats, 1)
-    _check_count("warmup", warmup, 0)
+    _args.mapping("fns", fns, non_empty=True, what="a dict of name -> callable")
+    for name, fn in fns.items():
+        _args.function(f"fns[{name!r}]", fn)
+    _args.positive_int("repeats", repeats)
+    _args.non_negative_int("warmup", warmup)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -72,16 +68,14 @@ def time_collective(fn: Callable[[], object], *, repeats: int = 5, warmup: int =
     Each run starts after a barrier; its time is the maximum over the ranks (all-reduced), so
     every rank returns the same numbers. Call it on all ranks with the same arguments.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    _args.function("fn", fn)
     return time_collectives({"fn": fn}, repeats=repeats, warmup=warmup, group=group)["fn"]
 
 
 def ring_traffic(nbytes: float, world_size: int) -> float:
     """Bytes each rank sends in a ring all-reduce of ``nbytes``: ``2 (p-1)/p x nbytes``."""
-    if nbytes < 0:
-        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
-    _check_count("world_size", world_size, 1)
+    nbytes = _args.non_negative_float("nbytes", nbytes)
+    _args.positive_int("world_size", world_size)
     return 2 * (world_size - 1) / world_size * nbytes
 
 
@@ -90,11 +84,10 @@ def sweep_functions(sizes_mb: Sequence[float], impls: Sequence[str] = ("gloo", "
     (in MB) by each implementation, ready for :func:`time_collectives`. ``'gloo'`` is
     ``dist.all_reduce`` (the backend's own algorithm), ``'ring'`` is
     :func:`labkit.parallel.ring.ring_all_reduce_`."""
-    if not sizes_mb or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in sizes_mb):
-        raise ValueError(f"sizes_mb must be positive sizes in MB, got {sizes_mb!r}")
-    unknown = set(impls) - {"gloo", "ring"}
-    if unknown or not impls:
-        raise ValueError(f"impls must be 'gloo' and/or 'ring', got {list(impls)}")
+    for i, mb in enumerate(_args.sequence("sizes_mb", sizes_mb, non_empty=True, what="a list of sizes in MB")):
+        _args.positive_float(f"sizes_mb[{i}]", mb)
+    for i, impl in enumerate(_args.sequence("impls", impls, non_empty=True)):
+        _args.choice(f"impls[{i}]", impl, ("gloo", "ring"))
     fns = {}
     for mb in sizes_mb:
         x = torch.zeros(max(1, int(mb * 2**20) // 4))  # zeros: sums stay finite however often it runs
@@ -106,6 +99,8 @@ def sweep_functions(sizes_mb: Sequence[float], impls: Sequence[str] = ("gloo", "
 def sweep_rows(timings: dict[str, dict], world_size: int) -> list[dict]:
     """Rows ``{impl, world_size, bytes, traffic, seconds, iqr, busbw_gbs}`` from the timings of
     :func:`sweep_functions` (other keys are ignored). Bus bandwidth = traffic / time."""
+    _args.mapping("timings", timings, what="a dict of name -> timing (from time_collectives)")
+    _args.positive_int("world_size", world_size)
     rows = []
     for name, t in timings.items():
         impl, _, mb = name.partition(" ")
@@ -136,9 +131,14 @@ class CostModel:
     r2: float = float("nan")
     points: int = 0
 
+    def __post_init__(self):
+        _args.fields(self)
+        _args.non_negative_float("alpha", self.alpha)
+        _args.positive_float("bandwidth", self.bandwidth)
+
     def predict(self, nbytes: float, world_size: int) -> float:
         """Predicted all-reduce seconds for ``nbytes`` on ``world_size`` ranks (0 for one rank)."""
-        if world_size == 1:
+        if _args.positive_int("world_size", world_size) == 1:
             return 0.0
         return self.alpha + ring_traffic(nbytes, world_size) / self.bandwidth
 
@@ -156,6 +156,10 @@ def fit_cost_model(rows: Sequence[dict], *, relative: bool = True) -> CostModel:
     errors and a 64 MB message does not drown a 64 kB one. ``alpha`` is a time, so it is held
     at 0 when the free fit would make it negative.
     """
+    for i, row in enumerate(_args.sequence("rows", rows, what="a list of dicts (rows of allreduce_sweep)")):
+        _args.mapping(f"rows[{i}]", row)
+        if "seconds" not in row or ("traffic" not in row and not {"bytes", "world_size"} <= row.keys()):
+            raise ValueError(f"rows[{i}] needs 'seconds' and 'traffic' (or 'bytes' and 'world_size'), got {sorted(row)}")
     pts = [(r["traffic"] if "traffic" in r else ring_traffic(r["bytes"], r["world_size"]), r["seconds"])
            for r in rows if r.get("world_size", 2) > 1]
     if len(pts) < 2:

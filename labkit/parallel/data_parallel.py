@@ -33,9 +33,14 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from labkit import _args
 from labkit.data import load_arrays
 from labkit.models import MLP
+from labkit.parallel.problem import check_training
+from labkit.parallel.ring import ring_all_reduce_
 
 MODES = ("naive", "ring", "bucketed", "ddp", "ddp_accumulate", "ddp_no_sync")
 
@@ -45,13 +50,9 @@ def shard_batch(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
     Shards must be equal, or the average of shard-mean gradients is not the full-batch mean.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    for name, v in (("rank", rank), ("world_size", world_size)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    _args.tensor("x", x)
+    world_size = _args.positive_int("world_size", world_size)
+    rank = _args.integer("rank", rank, minimum=0, maximum=world_size - 1)
     if x.shape[0] % world_size:
         raise ValueError(f"batch of {x.shape[0]} does not split into {world_size} equal shards")
     n = x.shape[0] // world_size
@@ -66,8 +67,9 @@ def average_gradients_(model: nn.Module, *, group=None,
     ``labkit.parallel.ring.ring_all_reduce_`` to use the hand-written ring. Returns the number
     of all-reduce calls (one per parameter: each pays the start-up cost ``alpha``).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
+    if all_reduce is not None:
+        _args.function("all_reduce", all_reduce)
     reduce = all_reduce or (lambda t: dist.all_reduce(t, group=group))
     p = dist.get_world_size(group)
     calls = 0
@@ -91,10 +93,8 @@ class BucketedDataParallel(nn.Module):
 
     def __init__(self, module: nn.Module, *, bucket_mb: float = 1.0, group=None):
         super().__init__()
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-        if not bucket_mb > 0:
-            raise ValueError(f"bucket_mb must be positive, got {bucket_mb}")
+        _args.module("module", module)
+        _args.positive_float("bucket_mb", bucket_mb)
         self.module, self.group, self.require_sync = module, group, True
         params = [p for p in module.parameters() if p.requires_grad]
         src = dist.get_global_rank(group, 0) if group is not None else 0
@@ -161,15 +161,14 @@ class BucketedDataParallel(nn.Module):
 
 def build_model(*, seed: int = 0, hidden: Sequence[int] = (64, 32)) -> MLP:
     """The lesson's MLP on 8x8 digits, initialised from ``seed`` (same weights in every process)."""
-    torch.manual_seed(seed)
+    torch.manual_seed(_args.non_negative_int("seed", seed))
     return MLP((1, 8, 8), hidden=tuple(hidden), num_classes=10)
 
 
 def global_batch(step: int, batch_size: int, *, data: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Step ``step``'s full batch: ``batch_size`` consecutive digits (wrapping around the data)."""
-    for name, v, low in (("step", step, 0), ("batch_size", batch_size, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    _args.non_negative_int("step", step)
+    _args.positive_int("batch_size", batch_size)
     x, y = data if data is not None else load_arrays("digits")
     idx = torch.arange(step * batch_size, (step + 1) * batch_size) % len(x)
     return x[idx], y[idx]
@@ -179,8 +178,7 @@ def train_single_process(*, steps: int = 5, batch_size: int = 64, lr: float = 0.
                          hidden: Sequence[int] = (64, 32), data=None) -> tuple[torch.Tensor, list[float]]:
     """The reference: plain SGD on the full batch in this process. Returns (parameters as one
     vector, losses). Data-parallel runs with the same arguments must end at the same vector."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_training(steps=steps, lr=lr, seed=seed, batch_size=batch_size)
     model = build_model(seed=seed, hidden=hidden)
     data = data if data is not None else load_arrays("digits")
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -198,8 +196,6 @@ def train_single_process(*, steps: int = 5, batch_size: int = 64, lr: float = 0.
 def logging_comm_hook(state: dict, bucket):  # no annotations: DDP checks them literally
     """A DDP communication hook: DDP's own all-reduce-and-average, plus a note in
     ``state['events']`` of when each bucket was launched (to see the overlap with backward)."""
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
     buf = bucket.buffer()
     state["events"].append({"bucket": bucket.index(), "event": "launch", "t": time.perf_counter(),
                             "bytes": buf.numel() * buf.element_size()})
@@ -208,10 +204,8 @@ def logging_comm_hook(state: dict, bucket):  # no annotations: DDP checks them l
 
 def wrap_ddp(model: nn.Module, *, bucket_mb: float = 25.0) -> tuple[nn.Module, dict]:
     """``DistributedDataParallel(model)`` with :func:`logging_comm_hook`; returns (ddp, log)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
+    _args.module("model", model)
+    _args.positive_float("bucket_mb", bucket_mb)
     ddp = DDP(model, bucket_cap_mb=bucket_mb)
     log: dict = {"events": []}
     ddp.register_comm_hook(log, logging_comm_hook)
@@ -219,8 +213,6 @@ def wrap_ddp(model: nn.Module, *, bucket_mb: float = 25.0) -> tuple[nn.Module, d
 
 
 def _train_mode(mode: str, *, steps, batch_size, lr, seed, hidden, micro, bucket_mb, data):
-    from labkit.parallel.ring import ring_all_reduce_
-
     rank, p = dist.get_rank(), dist.get_world_size()
     if batch_size % p or (batch_size // p) % micro:
         raise ValueError(f"batch_size {batch_size} must split into {p} ranks x {micro} equal micro-batches")
@@ -280,9 +272,11 @@ def dp_equivalence(modes: Sequence[str] = MODES, *, steps: int = 5, batch_size: 
     ``data`` defaults to the digits; pass ``load_arrays("digits")`` from the caller to spare each
     rank the import of scikit-learn.
     """
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        raise ValueError(f"unknown modes {sorted(unknown)}: choose from {MODES}")
+    for i, m in enumerate(_args.sequence("modes", modes, non_empty=True)):
+        _args.choice(f"modes[{i}]", m, MODES)
+    check_training(steps=steps, lr=lr, seed=seed, batch_size=batch_size)
+    _args.positive_int("micro", micro)
+    _args.positive_float("bucket_mb", bucket_mb)
     data = data if data is not None else load_arrays("digits")
     return {m: _train_mode(m, steps=steps, batch_size=batch_size, lr=lr, seed=seed, hidden=hidden, micro=micro,
                            bucket_mb=bucket_mb, data=data) for m in modes}

@@ -7,10 +7,14 @@ Every worker asks ``torch.distributed`` who it is, so it runs the same under bot
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import torch
 import torch.distributed as dist
+
+from labkit import _args
+from labkit.parallel.launch import mark
 
 
 def hello() -> dict:
@@ -24,6 +28,7 @@ def hello() -> dict:
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Every rank contributes ``x * (rank + 1)``; all get the sum."""
+    _args.tensor("x", x, dtype="floating")
     y = x * (dist.get_rank() + 1)
     dist.all_reduce(y)
     return y
@@ -31,6 +36,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 def fail_on_rank(bad_rank: int = 1) -> int:
     """Rank ``bad_rank`` raises; the others wait in a barrier it never reaches."""
+    _args.non_negative_int("bad_rank", bad_rank)
     if dist.get_rank() == bad_rank:
         raise RuntimeError(f"deliberate failure on rank {bad_rank}")
     dist.barrier()
@@ -39,14 +45,27 @@ def fail_on_rank(bad_rank: int = 1) -> int:
 
 def die_on_rank(bad_rank: int = 1) -> int:
     """Rank ``bad_rank`` exits abruptly (as if killed), without a Python traceback."""
+    _args.non_negative_int("bad_rank", bad_rank)
     if dist.get_rank() == bad_rank:
         os._exit(3)
     dist.barrier()
     return dist.get_rank()
 
 
+def kill_rank(bad_rank: int = 1) -> int:
+    """Rank ``bad_rank`` is killed by SIGKILL (as the out-of-memory killer would)."""
+    _args.non_negative_int("bad_rank", bad_rank)
+    if dist.get_rank() == bad_rank:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()
+    return dist.get_rank()
+
+
 def sleep_forever(seconds: float = 3600.0) -> None:
-    """Hangs (for the timeout test)."""
+    """Hangs after a barrier, having marked what it does (for the timeout test)."""
+    _args.positive_float("seconds", seconds)
+    dist.barrier()
+    mark(f"rank {dist.get_rank()} sleeping {seconds:g} s after the barrier")
     time.sleep(seconds)
 
 
@@ -54,9 +73,10 @@ def run_each(calls: list) -> list:
     """Run several workers one after another in the same processes: ``calls`` is a list of
     ``(worker, kwargs)`` pairs; returns their results in order. Starting processes costs ~1.5 s
     per ``launch``, so a lesson batches its work: ``launch(run_each, 2, [(w1, {}), (w2, {...})])``."""
+    _args.instance("calls", calls, (list, tuple), "a list of (worker, kwargs) pairs")
     out = []
     for call in calls:
         if not (isinstance(call, (tuple, list)) and len(call) == 2 and callable(call[0]) and isinstance(call[1], dict)):
-            raise TypeError(f"each call must be a (worker, kwargs dict) pair, got {call!r}")
+            raise TypeError(f"calls: each call must be a (worker, kwargs dict) pair, got {call!r}")
         out.append(call[0](**call[1]))
     return out

@@ -10,30 +10,32 @@ the cut, so the split model computes exactly what the unsplit one does.
 Cutting the batch into ``m`` micro-batches lets stages work at the same time. Each rank runs its
 list of ``('F', i)`` / ``('B', i)`` ops from :mod:`labkit.parallel.schedule` (GPipe or 1F1B)
 and records when each op started and ended, so the measured idle share can be set against
-``(p-1)/(m+p-1)``. A :class:`LiveActivationMeter` counts the bytes autograd keeps for backward:
+``(p-1)/(m+p-1)``. A :class:`labkit.parallel.problem.LiveActivationMeter` counts the bytes autograd keeps for backward:
 the activation memory that grows with the micro-batches in flight.
 
 Workers (run them with :func:`labkit.parallel.launch.launch`): :func:`pipeline_worker`,
-:func:`bubble_worker`, :func:`torch_pipelining_worker`; :func:`reference_run` is the same
-training in one process.
+:func:`bubble_worker`, :func:`torch_pipelining_worker`; :func:`labkit.parallel.problem.reference_run`
+is the same training in one process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from statistics import median
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
 from labkit.devices import synchronize
-from labkit.models import MLP
+from labkit.parallel.comm import CountingComm, require_group
 from labkit.parallel.launch import rank_device
-from labkit.parallel.schedule import Slot, make_schedule
-from labkit.parallel.strategies import CountingComm, require_group
+from labkit.parallel.problem import LiveActivationMeter, make_problem
+from labkit.parallel.schedule import Slot, bubble_fraction, idle_fraction, make_schedule, replay
 
 
 def partition(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
@@ -84,83 +86,6 @@ def split_model(model: nn.Sequential, stages: int) -> list[nn.Sequential]:
     if len(groups) < stages:
         raise ValueError(f"stages={stages} but the model has only {len(groups)} layers with parameters")
     return [model[groups[a][0]: groups[b - 1][-1] + 1] for a, b in partition(costs, stages)]
-
-
-def make_problem(width: int = 64, depth: int = 4, batch: int = 32, *, seed: int = 0, device=None):
-    """The lesson's model and data, identical on every rank: ``labkit.models.MLP`` with ``depth``
-    equal ``width x width`` layers (equal-cost stages), inputs ``x`` and regression targets ``y``
-    (drawn on the CPU, then moved to ``device``)."""
-    for name, v in (("width", width), ("depth", depth), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    torch.manual_seed(seed)  # layer initialisation uses the default generator
-    model = MLP(input_shape=(width,), hidden=(width,) * (depth - 1), num_classes=width)
-    g = torch.Generator().manual_seed(seed + 1)
-    x, y = torch.randn(batch, width, generator=g), torch.randn(batch, width, generator=g)
-    if device is None:
-        return model, x, y
-    dev = torch.device(device)
-    return model.to(dev), x.to(dev), y.to(dev)
-
-
-class _Held:
-    """What the pack hook stores: the tensor, plus a release of its bytes when autograd drops it."""
-
-    __slots__ = ("meter", "key", "tensor")
-
-    def __init__(self, meter, key, tensor):
-        self.meter, self.key, self.tensor = meter, key, tensor
-
-    def __del__(self):
-        self.meter._release(self.key)
-
-
-class LiveActivationMeter:
-    """Bytes autograd keeps for backward *right now* (``current``) and at most (``peak``).
-
-    Unlike :class:`labkit.memory.SavedTensorMeter` (everything saved inside one ``with`` block,
-    lesson 02), this one also sees bytes released when backward frees a micro-batch's graph,
-    which is what a pipeline's peak depends on when forwards and backwards interleave (1F1B).
-    Each saved tensor counts its own bytes (a micro-batch that is a view of the batch counts
-    as the micro-batch); tensors at the same address and size count once; ``exclude`` (the
-    parameters, held anyway) is not counted. Enter it around forwards.
-    """
-
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
-        self._skip = {t.untyped_storage().data_ptr() for t in exclude}
-        self._live: dict[tuple[int, int], list[int]] = {}
-        self.current = self.peak = 0
-        self._ctx = None
-
-    def __enter__(self):
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
-
-    def _pack(self, t):
-        if t.untyped_storage().data_ptr() in self._skip:
-            return t
-        key = (t.data_ptr(), t.numel() * t.element_size())
-        entry = self._live.setdefault(key, [0, key[1]])
-        if entry[0] == 0:
-            self.current += key[1]
-            self.peak = max(self.peak, self.current)
-        entry[0] += 1
-        return _Held(self, key, t)
-
-    @staticmethod
-    def _unpack(held):
-        return held.tensor if isinstance(held, _Held) else held
-
-    def _release(self, key):
-        entry = self._live[key]
-        entry[0] -= 1
-        if entry[0] == 0:
-            self.current -= entry[1]
-            del self._live[key]
 
 
 def run_stage(stage: nn.Module, ops: Sequence[tuple[str, int]], comm: CountingComm, *, inputs=None, targets=None,
@@ -319,10 +244,6 @@ def measured_bubbles(results: Sequence[Sequence[dict]]) -> list[dict]:
     cost (``replayed``), the share of a core the ranks had during their ops (``core_share``:
     CPU time / wall time; well below 1 means other programs competed and the timeline shows it),
     median op times, the per-rank saved bytes, and the median step's ops."""
-    from statistics import median
-
-    from labkit.parallel.schedule import bubble_fraction, idle_fraction, replay
-
     if not results or len({len(r) for r in results}) != 1:
         raise ValueError("results must hold one list of rows per rank, all of the same length (bubble_worker's output)")
     p = len(results)
@@ -344,33 +265,10 @@ def measured_bubbles(results: Sequence[Sequence[dict]]) -> list[dict]:
     return table
 
 
-def reference_run(width: int = 64, depth: int = 4, batch: int = 32, *, steps: int = 1, lr: float = 0.1,
-                  seed: int = 0) -> dict:
-    """The same training in one process, unsplit: outputs and gradients of the first step, and
-    the parameters after ``steps`` SGD steps (what :func:`pipeline_worker` must reproduce)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    model, x, y = make_problem(width, depth, batch, seed=seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    report = {}
-    for step in range(steps):
-        opt.zero_grad(set_to_none=True)
-        out = model.layers(x)
-        F.mse_loss(out, y).backward()
-        if step == 0:
-            report["output"] = out.detach()
-            report["grads"] = {n: p.grad.clone() for n, p in model.layers.named_parameters()}
-        opt.step()
-    report["params"] = {n: p.detach().clone() for n, p in model.layers.named_parameters()}
-    return report
-
-
 def torch_pipelining_worker(width: int = 64, depth: int = 4, batch: int = 32, micro_batches: int = 4, *,
                             seed: int = 0) -> dict:
     """The same split model through ``torch.distributed.pipelining`` (``PipelineStage`` +
     ``ScheduleGPipe``): this rank's gradients, and the outputs on the last rank."""
-    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
-
     require_group("torch_pipelining_worker")
     dev = rank_device()
     model, x, y = make_problem(width, depth, batch, seed=seed, device=dev)
@@ -395,23 +293,3 @@ def equivalence_worker(width: int = 64, depth: int = 4, batch: int = 32, micro_b
             "torch": torch_pipelining_worker(width, depth, batch, micro_batches, seed=seed)}
 
 
-def differences(results: Sequence[dict], reference: dict) -> dict:
-    """Largest absolute differences between ranks' reports and a single-process reference:
-    ``output`` (ranks that hold one), ``grads`` and ``params`` (each parameter from the rank
-    that holds it; None when not reported) and ``missing`` (reference parameters no rank held)."""
-    if not results or not isinstance(reference, dict):
-        raise ValueError("give a non-empty list of rank reports and a reference dict")
-
-    def worst(key):
-        seen, diff = set(), 0.0
-        for r in results:
-            for name, t in (r.get(key) or {}).items():
-                seen.add(name)
-                diff = max(diff, float((t.cpu() - reference[key][name]).abs().max()))
-        return (diff if seen else None), seen
-
-    outs = [r["output"] for r in results if r.get("output") is not None]
-    grads, held = worst("grads")
-    params, _ = worst("params")
-    return {"output": max(float((o - reference["output"]).abs().max()) for o in outs) if outs else None,
-            "grads": grads, "params": params, "missing": sorted(set(reference["grads"]) - held)}

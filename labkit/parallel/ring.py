@@ -22,13 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-
-def _check_world(world_size) -> int:
-    if isinstance(world_size, bool) or not isinstance(world_size, int):
-        raise TypeError(f"world_size must be an int, got {type(world_size).__name__}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    return world_size
+from labkit import _args
 
 
 def chunk_bounds(numel: int, world_size: int) -> list[tuple[int, int]]:
@@ -37,9 +31,8 @@ def chunk_bounds(numel: int, world_size: int) -> list[tuple[int, int]]:
     The first ``numel % world_size`` chunks get one extra element (``torch.tensor_split``'s rule);
     chunks may be empty when ``numel < world_size``.
     """
-    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
-    p = _check_world(world_size)
+    numel = _args.non_negative_int("numel", numel)
+    p = _args.positive_int("world_size", world_size)
     base, extra = divmod(numel, p)
     bounds, start = [], 0
     for i in range(p):
@@ -54,7 +47,7 @@ def ring_schedule(world_size: int) -> list[dict]:
 
     ``phase`` is ``'reduce-scatter'`` (received chunk is added) or ``'all-gather'`` (overwritten).
     """
-    p = _check_world(world_size)
+    p = _args.positive_int("world_size", world_size)
     rows = []
     for phase, offset in (("reduce-scatter", 0), ("all-gather", 1)):
         for s in range(p - 1):
@@ -69,8 +62,7 @@ def ring_bytes_sent(numel: int, world_size: int, element_size: int = 4) -> list[
 
     For ``numel`` divisible by ``p`` every rank sends ``2 (p-1)/p x numel x element_size``.
     """
-    if isinstance(element_size, bool) or not isinstance(element_size, int) or element_size <= 0:
-        raise ValueError(f"element_size must be a positive int, got {element_size!r}")
+    _args.positive_int("element_size", element_size)
     bounds = chunk_bounds(numel, world_size)
     sent = [0] * world_size
     for row in ring_schedule(world_size):
@@ -87,8 +79,9 @@ def ring_all_reduce_(tensor: torch.Tensor, *, group=None, trace: list | None = N
     rank really sent), so a lesson can check the byte count against :func:`ring_bytes_sent`.
     Equal to ``dist.all_reduce(tensor)`` up to the order of floating-point additions.
     """
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    _args.tensor("tensor", tensor)
+    if trace is not None:
+        _args.instance("trace", trace, list, "a list or None")
     if not dist.is_initialized():
         raise ValueError("ring_all_reduce_ needs an initialised process group (run it through launch or torchrun)")
     p = dist.get_world_size(group)
@@ -131,10 +124,16 @@ def ring_check(numels: Sequence[int] = (10, 7, 1, 1000), *, group_sizes: Sequenc
     each ``k``, so one launch of 4 processes covers rings of 2, 3 and 4. With ``dtype='int64'``
     the two must agree exactly. Run it with ``launch(ring_check, 4, group_sizes=[2, 3, 4])``.
     """
+    for i, n in enumerate(_args.sequence("numels", numels)):
+        _args.non_negative_int(f"numels[{i}]", n)
+    _args.non_negative_int("seed", seed)
+    _args.choice("dtype", dtype, ("float32", "float64", "int32", "int64"))
+    if group_sizes is not None:
+        _args.sequence("group_sizes", group_sizes, of=int)
     rank, world = dist.get_rank(), dist.get_world_size()
     sizes = list(group_sizes) if group_sizes is not None else [world]
-    if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= world for k in sizes):
-        raise ValueError(f"group_sizes must be ints in 1..{world}, got {sizes}")
+    for i, k in enumerate(sizes):
+        _args.integer(f"group_sizes[{i}]", k, minimum=1, maximum=world)
     dt = getattr(torch, dtype)
     rows = []
     for k in sizes:

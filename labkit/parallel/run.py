@@ -20,28 +20,50 @@ import sys
 import torch
 import torch.distributed as dist
 
+from labkit import _args
+from labkit.cli import OneLineParser
 from labkit.parallel.launch import default_backend
 
 
 def resolve(spec: str):
-    """``'package.module:function'`` -> the function."""
-    if ":" not in spec:
-        raise ValueError(f"worker must be given as 'module:function', got {spec!r}")
+    """``'package.module:function'`` -> the function (ValueError naming ``spec`` if it is not one)."""
+    _args.instance("spec", spec, str, "a 'module:function' string")
     module, _, name = spec.partition(":")
-    fn = getattr(importlib.import_module(module), name, None)
+    if not module or not name:
+        raise ValueError(f"spec: worker must be given as 'module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), name, None)
+    except ImportError as err:
+        raise ValueError(f"spec {spec!r}: cannot import {module}: {err}") from None
     if not callable(fn):
-        raise ValueError(f"{module} has no function {name!r}")
+        raise ValueError(f"spec {spec!r}: {module} has no function {name!r}")
     return fn
 
 
+def parse_kwargs(text: str) -> dict:
+    """``--kwargs`` JSON -> a dict (ValueError saying what is wrong with it)."""
+    _args.instance("text", text, str, "a JSON string")
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--kwargs is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--kwargs must be a JSON object like '{{\"steps\": 5}}', got {text!r}")
+    return kwargs
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m labkit.parallel.run", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("worker", help="module:function")
     parser.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
-    parser.add_argument("--backend", default=None)
+    parser.add_argument("--backend", default=None, choices=("gloo", "nccl"))
     args = parser.parse_args(argv)
-    worker = resolve(args.worker)
-    kwargs = json.loads(args.kwargs)
+    try:
+        worker = resolve(args.worker)
+        kwargs = parse_kwargs(args.kwargs)
+    except ValueError as err:
+        parser.error(str(err))
     if "RANK" not in os.environ:
         parser.error("RANK is not set: start this module with torchrun (or use labkit.parallel.launch.launch)")
     world = int(os.environ["WORLD_SIZE"])

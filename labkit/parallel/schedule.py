@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from labkit import _args
+
 KINDS = ("F", "B")
 
 
@@ -36,42 +38,34 @@ class Slot:
     start: float
     end: float
 
+    def __post_init__(self):
+        _args.fields(self)
+        _args.non_negative_int("stage", self.stage)
+        _args.choice("kind", self.kind, KINDS)
+        _args.non_negative_int("micro", self.micro)
+        _args.real("start", self.start)
+        _args.real("end", self.end, minimum=self.start)
+
     @property
     def duration(self) -> float:
         return self.end - self.start
 
 
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_cost(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return float(value)
-
-
 def bubble_fraction(stages: int, micro_batches: int) -> float:
     """Idle share of a GPipe (or 1F1B) step with equal-cost stages: ``(p-1)/(m+p-1)``."""
-    p, m = _check_count("stages", stages), _check_count("micro_batches", micro_batches)
+    p, m = _args.positive_int("stages", stages), _args.positive_int("micro_batches", micro_batches)
     return (p - 1) / (m + p - 1)
 
 
 def gpipe_order(stages: int, micro_batches: int) -> list[list[tuple[str, int]]]:
     """Per stage: ``F0 .. F(m-1)`` then ``B0 .. B(m-1)`` (torch's ``ScheduleGPipe`` order)."""
-    p, m = _check_count("stages", stages), _check_count("micro_batches", micro_batches)
+    p, m = _args.positive_int("stages", stages), _args.positive_int("micro_batches", micro_batches)
     return [[("F", i) for i in range(m)] + [("B", i) for i in range(m)] for _ in range(p)]
 
 
 def one_f_one_b_order(stages: int, micro_batches: int) -> list[list[tuple[str, int]]]:
     """Per stage ``s``: ``min(p-1-s, m)`` warm-up forwards, then F/B pairs, then the last backwards."""
-    p, m = _check_count("stages", stages), _check_count("micro_batches", micro_batches)
+    p, m = _args.positive_int("stages", stages), _args.positive_int("micro_batches", micro_batches)
     orders = []
     for s in range(p):
         warm = min(p - 1 - s, m)
@@ -91,9 +85,8 @@ def simulate(orders: Sequence[Sequence[tuple[str, int]]], *, t_forward: float = 
     each micro-batch's F and B once. An op lasts ``t_forward`` / ``t_backward``, unless
     ``durations[(stage, kind, micro)]`` says otherwise. Raises ValueError if the orders deadlock.
     """
-    if not isinstance(orders, Sequence) or not orders:
-        raise ValueError("orders must be a non-empty list with one list of ops per stage")
-    tf, tb = _check_cost("t_forward", t_forward), _check_cost("t_backward", t_backward)
+    _args.sequence("orders", orders, of=(list, tuple), non_empty=True, what="a list with one list of ops per stage")
+    tf, tb = _args.positive_float("t_forward", t_forward), _args.positive_float("t_backward", t_backward)
     p = len(orders)
     m = sum(1 for k, _ in orders[0] if k == "F")
     for s, ops in enumerate(orders):
@@ -138,7 +131,7 @@ def replay(measured: Sequence[Slot]) -> list[Slot]:
     """Re-simulate a measured run: each stage's ops in the order they ran, each lasting as long
     as it did, with instant communication. ``idle_fraction(measured) - idle_fraction(replay)``
     is the idle time that uneven op durations don't explain (send/recv, waiting on the OS)."""
-    measured = _check_slots(measured)
+    measured = _check_slots(measured, "measured")
     stages = sorted({s.stage for s in measured})
     if stages != list(range(len(stages))):
         raise ValueError(f"measured slots must cover stages 0..p-1, got {stages}")
@@ -152,16 +145,12 @@ SCHEDULES = {"gpipe": gpipe, "1f1b": one_f_one_b}
 
 def make_schedule(name: str, stages: int, micro_batches: int, **costs) -> list[Slot]:
     """``make_schedule('gpipe' | '1f1b', p, m)``."""
-    if name not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {name!r}")
+    _args.choice("name", name, sorted(SCHEDULES))
     return SCHEDULES[name](stages, micro_batches, **costs)
 
 
-def _check_slots(slots) -> list[Slot]:
-    slots = list(slots)
-    if not slots or not all(isinstance(s, Slot) for s in slots):
-        raise ValueError("slots must be a non-empty list of Slot")
-    return slots
+def _check_slots(slots, name: str = "slots") -> list[Slot]:
+    return _args.sequence(name, slots, of=Slot, non_empty=True, what="a list of Slot")
 
 
 def idle_fraction(slots: Sequence[Slot]) -> float:
@@ -192,7 +181,10 @@ def peak_in_flight(slots: Sequence[Slot]) -> list[int]:
 
 def slot_at(slots: Sequence[Slot], stage: int, t: float) -> Slot | None:
     """The op stage ``stage`` runs at time ``t`` (start inclusive, end exclusive), or None if idle."""
-    for sl in _check_slots(slots):
+    slots = _check_slots(slots)
+    _args.non_negative_int("stage", stage)
+    _args.real("t", t)
+    for sl in slots:
         if sl.stage == stage and sl.start <= t < sl.end:
             return sl
     return None

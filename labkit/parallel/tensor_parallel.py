@@ -30,9 +30,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor.debug import CommDebugMode
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from labkit.models import count_parameters
-from labkit.parallel.strategies import CountingComm, require_group
+from labkit.parallel.comm import CountingComm, require_group
+from labkit.parallel.launch import rank_device
+from labkit.parallel.problem import LiveActivationMeter, make_problem
 
 
 class _CopyToParallel(torch.autograd.Function):
@@ -94,7 +99,7 @@ def _dense_init(in_features, out_features, bias, generator, device):
 
 def _check_comm(comm):
     if not isinstance(comm, CountingComm):
-        raise TypeError(f"comm must be a labkit.parallel.strategies.CountingComm, got {type(comm).__name__}")
+        raise TypeError(f"comm must be a labkit.parallel.comm.CountingComm, got {type(comm).__name__}")
 
 
 class ColumnParallelLinear(nn.Module):
@@ -214,9 +219,6 @@ def tp_worker(width: int = 64, depth: int = 2, batch: int = 16, *, layout: str =
     """One forward/backward of the lesson's MLP split by :func:`parallelize_mlp`: outputs, full
     gradients, this rank's shard shapes and parameter count, the bytes and calls of each
     collective, and the saved activation bytes."""
-    from labkit.parallel.launch import rank_device
-    from labkit.parallel.pipeline import LiveActivationMeter, make_problem
-
     require_group("tp_worker")
     dev = rank_device()
     model, x, y = make_problem(width, depth, batch, seed=seed, device=dev)
@@ -240,17 +242,6 @@ def dtensor_worker(width: int = 64, depth: int = 2, batch: int = 16, *, seed: in
     """The same model through DTensor: ``parallelize_module`` on a CPU ``DeviceMesh`` with
     ``ColwiseParallel`` / ``RowwiseParallel`` alternating, and ``CommDebugMode`` counting the
     collectives it issues."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.debug import CommDebugMode
-    from torch.distributed.tensor.parallel import (
-        ColwiseParallel,
-        RowwiseParallel,
-        parallelize_module,
-    )
-
-    from labkit.parallel.launch import rank_device
-    from labkit.parallel.pipeline import make_problem
-
     require_group("dtensor_worker")
     dev = rank_device()
     model, x, y = make_problem(width, depth, batch, seed=seed, device=dev)

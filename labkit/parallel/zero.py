@@ -12,7 +12,7 @@ in stages, each rank keeping only a 1/p shard of
 
 Activations are not sharded by any stage (that takes activation checkpointing, or model
 parallelism: lesson 04). :func:`zero_memory` turns one measured step
-(:func:`labkit.memory.training_memory`) into that table; :func:`fsdp_train` runs PyTorch's
+(:func:`labkit.efficiency.memory.training_memory`) into that table; :func:`fsdp_train` runs PyTorch's
 FSDP2 (``torch.distributed.fsdp.fully_shard``, which runs on CPUs with gloo) and measures
 what each rank really holds.
 """
@@ -25,9 +25,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from labkit import _args
 from labkit.data import load_arrays
-from labkit.memory import tensor_bytes
+from labkit.metrics import tensor_bytes
 from labkit.parallel.data_parallel import build_model, global_batch, shard_batch
+from labkit.parallel.problem import check_training
 
 PARTS = ("parameters", "gradients", "optimizer_state", "activations")
 STAGES = {  # stage -> the parts it shards
@@ -43,15 +45,15 @@ def zero_memory(memory: dict, world_size: int) -> list[dict]:
 
     ``memory`` holds the bytes of one replica's ``parameters``, ``gradients``,
     ``optimizer_state`` and ``activations`` (those of the rank's local batch), e.g. from
-    :func:`labkit.memory.training_memory`. A sharded part costs ``bytes / p`` per rank.
+    :func:`labkit.efficiency.memory.training_memory`. A sharded part costs ``bytes / p`` per rank.
     """
-    if not isinstance(memory, dict):
-        raise TypeError(f"memory must be a dict of bytes, got {type(memory).__name__}")
+    _args.mapping("memory", memory, what="a dict of bytes per part")
+    world_size = _args.positive_int("world_size", world_size)
     missing = [k for k in PARTS if k not in memory]
     if missing:
         raise ValueError(f"memory lacks {missing}: expected the keys {PARTS}")
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    for part in PARTS:
+        _args.non_negative_float(f"memory[{part!r}]", memory[part])
     rows = []
     for stage, sharded in STAGES.items():
         row = {"stage": stage}
@@ -68,6 +70,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def shard_model(model: nn.Module, *, mesh=None) -> nn.Module:
     """FSDP2: shard each Linear layer, then the root, over all ranks (``fully_shard``, in place)."""
+    _args.module("model", model)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -87,6 +90,7 @@ def fsdp_train(*, steps: int = 5, batch_size: int = 64, lr: float = 0.5, seed: i
     :func:`labkit.parallel.data_parallel.train_single_process`'s), ``losses``, and the bytes this
     rank holds after one Adam step: ``local`` (its shards) and ``full`` (a whole replica).
     """
+    check_training(steps=steps, lr=lr, seed=seed, batch_size=batch_size)
     rank, p = dist.get_rank(), dist.get_world_size()
     data = data if data is not None else load_arrays("digits")
     model = shard_model(build_model(seed=seed, hidden=hidden))

@@ -1,13 +1,13 @@
 """Figures of lesson ``02_one_device_efficiency``: where a step's time and memory go.
 
 * :func:`plot_phase_split` - one horizontal bar split into the profile's phases
-  (``labkit.profiling.StepProfile.fractions()``);
+  (``labkit.efficiency.profiling.StepProfile.fractions()``);
 * :func:`plot_memory_breakdown` - stacked bars of parameters / gradients / optimizer state /
-  activations per configuration (rows from ``labkit.memory.training_memory``);
+  activations per configuration (rows from ``labkit.efficiency.memory.training_memory``);
 * :func:`plot_tradeoff` - memory kept vs step time, one labelled point per setting
   (gradient checkpointing's segments);
 * :func:`plot_throughput` - grouped bars of a loader's samples/s per dataset and setting
-  (rows from ``labkit.loading.loader_throughput`` with ``data`` and ``config`` keys added).
+  (rows from ``labkit.efficiency.loading.loader_throughput`` with ``data`` and ``config`` keys added).
 
 Each draws on ``ax`` (or a new figure) and returns the ``Axes``.
 """

@@ -1,6 +1,6 @@
 """Figures of lesson ``01_cpu_vs_gpu_tpu``: matmul speed over sizes, and thread scaling.
 
-Each takes the rows that :mod:`labkit.bench` returns (``matmul_sweep``, ``thread_scaling``),
+Each takes the rows that :mod:`labkit.hardware` returns (``matmul_sweep``, ``thread_scaling``),
 draws on ``ax`` (or a new figure) and returns the ``Axes``. The roofline itself is
 :func:`labkit.plots.plot_roofline`.
 """
@@ -15,7 +15,7 @@ from labkit.plots import _axes
 def _series(rows: Sequence[Mapping], key: str) -> dict[str, tuple[list[int], list[float]]]:
     """Group matmul rows by (device, dtype): ``{'cpu float32': ([n...], [value...])}``."""
     if not rows:
-        raise ValueError("rows is empty: pass the output of labkit.bench.matmul_sweep")
+        raise ValueError("rows is empty: pass the output of labkit.hardware.matmul_sweep")
     out: dict[str, tuple[list[int], list[float]]] = {}
     for r in rows:
         missing = {"n", "dtype", "device", key} - set(r)
@@ -74,7 +74,7 @@ def plot_matmul_times(rows: Sequence[Mapping], *, peak_gflops: float, ax=None,
 def plot_thread_scaling(rows: Sequence[Mapping], *, ax=None, title: str = "Thread scaling"):
     """Speed-up over one thread against the thread count, beside the ideal (``speedup = threads``)."""
     if not rows:
-        raise ValueError("rows is empty: pass the output of labkit.bench.thread_scaling")
+        raise ValueError("rows is empty: pass the output of labkit.hardware.thread_scaling")
     if any({"threads", "speedup"} - set(r) for r in rows):
         raise ValueError("each row needs keys threads and speedup")
     ax = _axes(ax)

@@ -42,17 +42,15 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from labkit import _args
+
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 SCOPES = ("layer", "global")
 
 
 def check_amount(amount, name: str = "amount") -> float:
     """``amount`` as a float in [0, 1] (a fraction, never a count), or a clear error."""
-    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise TypeError(f"{name} must be a number in [0, 1], got {type(amount).__name__}")
-    if not 0.0 <= float(amount) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1] (a fraction of the weights), got {amount}")
-    return float(amount)
+    return _args.fraction(name, amount)
 
 
 def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Module]:
@@ -60,8 +58,7 @@ def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> di
 
     ``layers`` restricts the choice to those names (each must be a prunable layer).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
     found = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
     if not found:
         raise ValueError(f"model has nothing to prune: {type(model).__name__} has no Linear or Conv layer")
@@ -92,8 +89,7 @@ def _prune_count(amount, n: int, name: str = "amount") -> int:
 def magnitude_mask(weight: torch.Tensor, amount: float | int) -> torch.Tensor:
     """Boolean mask (same shape as ``weight``) that is False on the ``k`` weights of smallest
     ``|w|`` and True elsewhere: ``k = round(amount * n)`` for a float, ``k = amount`` for an int."""
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a tensor, got {type(weight).__name__}")
+    _args.tensor("weight", weight, dtype="floating")
     return _smallest_k_mask(weight, _prune_count(amount, weight.numel()))
 
 
@@ -116,6 +112,7 @@ def compute_masks(model: nn.Module, amount: float | int | Mapping[str, float | i
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    _args.instance("amount", amount, (numbers.Real, Mapping), "a fraction in [0, 1] or a dict of them per layer")
     if isinstance(amount, Mapping):
         if scope != "layer":
             raise ValueError("a per-layer amount dict needs scope='layer'")
@@ -139,6 +136,7 @@ class WeightMask(nn.Module):
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
+        _args.tensor("mask", mask)
         self.register_buffer("mask", mask.to(torch.bool))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -158,6 +156,8 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modu
 
     A layer that already has a mask gets ``old_mask & new_mask``: pruning never revives weights.
     """
+    _args.module("model", model)
+    _args.mapping("masks", masks, what="a dict of layer name -> mask")
     layers = prunable_layers(model, list(masks))
     for name, module in layers.items():
         mask = torch.as_tensor(masks[name]).to(device=module.weight.device, dtype=torch.bool)
@@ -186,6 +186,7 @@ def magnitude_prune_(model: nn.Module, amount: float | int | Mapping[str, float 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{layer name: mask}`` of every masked layer (empty when nothing is masked)."""
+    _args.module("model", model)
     return {name: p.mask for name, m in model.named_modules() if (p := _mask_of(m)) is not None}
 
 
@@ -194,8 +195,7 @@ def make_permanent_(model: nn.Module) -> nn.Module:
 
     After this the zeros are ordinary weights: training would move them again.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
     for module in model.modules():
         if _mask_of(module) is not None:
             if len(module.parametrizations.weight) != 1:
@@ -212,6 +212,9 @@ class SparsityReport:
     overall: float
     params: int
     zeros: int
+
+    def __post_init__(self):
+        _args.fields(self)
 
     def as_dict(self) -> dict[str, float]:
         return {r["layer"]: r["sparsity"] for r in self.rows}

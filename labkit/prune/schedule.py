@@ -19,13 +19,13 @@ tested in ``tests/test_prune_schedule.py``.
 from __future__ import annotations
 
 import copy
-import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from labkit import _args
 from labkit.prune.masks import (
     SCOPES,
     apply_masks_,
@@ -36,21 +36,13 @@ from labkit.prune.masks import (
 from labkit.train import evaluate
 
 
-def _check_step(name: str, value, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def cubic_sparsity(step: int, *, final_sparsity: float, end_step: int, begin_step: int = 0,
                    initial_sparsity: float = 0.0) -> float:
     """Zhu & Gupta's target sparsity at ``step``: ``s_f + (s_i - s_f) (1 - p)^3`` with
     ``p = (step - begin_step) / (end_step - begin_step)`` clipped to [0, 1]."""
-    step = _check_step("step", step)
-    begin_step = _check_step("begin_step", begin_step)
-    end_step = _check_step("end_step", end_step)
+    step = _args.non_negative_int("step", step)
+    begin_step = _args.non_negative_int("begin_step", begin_step)
+    end_step = _args.non_negative_int("end_step", end_step)
     if end_step <= begin_step:
         raise ValueError(f"end_step ({end_step}) must be after begin_step ({begin_step})")
     s_f = check_amount(final_sparsity, "final_sparsity")
@@ -74,9 +66,9 @@ class GradualPruner:
     def __init__(self, model: nn.Module, *, final_sparsity: float, end_step: int, begin_step: int = 0,
                  frequency: int = 10, initial_sparsity: float = 0.0, scope: str = "global",
                  layers: Iterable[str] | None = None):
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-        self.frequency = _check_step("frequency", frequency, minimum=1)
+        _args.module("model", model)
+        _args.choice("scope", scope, SCOPES)
+        self.frequency = _args.positive_int("frequency", frequency)
         cubic_sparsity(begin_step, final_sparsity=final_sparsity, end_step=end_step, begin_step=begin_step,
                        initial_sparsity=initial_sparsity)  # validates the schedule's arguments
         self.final_sparsity, self.initial_sparsity = float(final_sparsity), float(initial_sparsity)
@@ -109,9 +101,13 @@ def sensitivity_analysis(model: nn.Module, loader: Iterable, *, amounts: Sequenc
     ``model`` is left untouched (each trial prunes a copy). ``metric(model) -> float`` replaces
     the default, accuracy on ``loader``. The baseline (nothing pruned) is under the key ``""``.
     """
-    amounts = [check_amount(a, "amounts") for a in amounts]
-    if not amounts:
-        raise ValueError("amounts must not be empty")
+    _args.module("model", model)
+    if metric is None:  # the default metric reads the loader; a custom one may not need it
+        _args.iterable("loader", loader, "an iterable of (x, y) batches (a DataLoader)")
+    amounts = [check_amount(a, f"amounts[{i}]") for i, a in
+               enumerate(_args.sequence("amounts", amounts, non_empty=True, what="a list of fractions"))]
+    if metric is not None:
+        _args.function("metric", metric)
     names = list(prunable_layers(model, layers))
     score = metric or (lambda m: evaluate(m, loader, device=device)["accuracy"])
     result = {"": [score(model)] * len(amounts)}
@@ -132,8 +128,9 @@ def l1_penalty(model: nn.Module, *, layers: Iterable[str] | None = None) -> torc
 def l1_regularized(model: nn.Module, strength: float, *, loss_fn: Callable | None = None,
                    layers: Iterable[str] | None = None) -> Callable:
     """A ``loss_fn(out, y)`` for ``fit``: ``loss_fn(out, y) + strength * sum |w|``."""
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or strength < 0:
-        raise ValueError(f"strength must be a number >= 0, got {strength!r}")
+    strength = _args.non_negative_float("strength", strength)
+    if loss_fn is not None:
+        _args.function("loss_fn", loss_fn)
     prunable_layers(model, layers)
     base = loss_fn or nn.functional.cross_entropy
 
@@ -150,8 +147,7 @@ def soft_threshold_(model: nn.Module, threshold: float, *, layers: Iterable[str]
     Called after each optimizer step (``after_step=lambda m: soft_threshold_(m, lr * lam)``) it
     turns L1's pull towards zero into exact zeros (ISTA).
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold < 0:
-        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    threshold = _args.non_negative_float("threshold", threshold)
     for m in prunable_layers(model, layers).values():
         w = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
         w.copy_(w.sign() * (w.abs() - threshold).clamp_min(0))

@@ -34,14 +34,15 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from labkit import _args
+
 FORMATS = ("bitmask", "csr", "coo")
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """A bool tensor as uint8 bytes, 8 flags a byte, most significant bit first (padded with 0)."""
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError("mask must be a bool tensor")
+    _args.tensor("mask", mask, dtype="bool")
     flat = mask.flatten().cpu()
     pad = (-flat.numel()) % 8
     flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8).to(torch.uint8)
@@ -50,8 +51,8 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: the first ``numel`` flags as a flat bool tensor."""
-    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
-        raise TypeError("packed must be a uint8 tensor")
+    _args.tensor("packed", packed, dtype=torch.uint8)
+    _args.integer("numel", numel)
     if numel < 0 or numel > 8 * packed.numel():
         raise ValueError(f"numel must be in [0, {8 * packed.numel()}], got {numel}")
     return (packed[:, None] & _BITS).ne(0).flatten()[:numel]
@@ -93,8 +94,7 @@ def csr_arrays(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     ``values`` are the non-zeros row by row, ``col`` their columns, and row ``r`` owns
     ``values[crow[r]:crow[r+1]]`` - the same arrays as ``matrix.to_sparse_csr()``.
     """
-    if not isinstance(matrix, torch.Tensor) or matrix.ndim != 2:
-        raise ValueError("matrix must be a 2-D tensor")
+    _args.tensor("matrix", matrix, ndim=2)
     nonzero = matrix != 0
     crow = torch.zeros(matrix.shape[0] + 1, dtype=torch.int32)
     crow[1:] = nonzero.sum(1).cumsum(0)
@@ -140,11 +140,10 @@ def sparse_state_dict(model_or_state, *, format: str = "bitmask", min_sparsity: 
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0 <= min_sparsity <= 1:
-        raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
+    _args.fraction("min_sparsity", min_sparsity)
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     if not isinstance(state, Mapping):
-        raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_state).__name__}")
+        raise TypeError(f"model_or_state must be an nn.Module or a state dict, got {type(model_or_state).__name__}")
     if any(".parametrizations." in k or k.startswith("parametrizations.") for k in state):
         raise ValueError("the model still has masks (parametrizations): call labkit.prune.make_permanent_ first")
     out = {}
@@ -159,6 +158,5 @@ def sparse_state_dict(model_or_state, *, format: str = "bitmask", min_sparsity: 
 
 def dense_state_dict(sparse_state: Mapping) -> dict[str, torch.Tensor]:
     """Decode :func:`sparse_state_dict`'s output back to ordinary dense tensors."""
-    if not isinstance(sparse_state, Mapping):
-        raise TypeError(f"sparse_state must be a dict, got {type(sparse_state).__name__}")
+    _args.mapping("sparse_state", sparse_state, what="a dict (from sparse_state_dict)")
     return {k: _decode(v) if isinstance(v, dict) else v for k, v in sparse_state.items()}

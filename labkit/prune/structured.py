@@ -33,6 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
+from labkit import _args
 from labkit.prune.masks import check_amount
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -48,11 +49,13 @@ PASS_METHODS = ("relu", "tanh", "contiguous")
 
 def l1_importance(module: nn.Module) -> torch.Tensor:
     """``||W[c]||_1`` for each output channel ``c`` (sum of |w| over the rest of the filter)."""
+    _args.module("module", module, LAYERS)
     return module.weight.detach().abs().flatten(1).sum(1)
 
 
 def l2_importance(module: nn.Module) -> torch.Tensor:
     """``||W[c]||_2`` for each output channel ``c``."""
+    _args.module("module", module, LAYERS)
     return module.weight.detach().flatten(1).norm(dim=1)
 
 
@@ -72,6 +75,9 @@ class Group:
     norms: tuple[str, ...]
     consumers: tuple[tuple[str, int], ...]
     feeds_output: bool
+
+    def __post_init__(self):
+        _args.fields(self)
 
     def __str__(self) -> str:
         parts = [f"norm {n}" for n in self.norms] + [f"inputs of {c}" + (f" (x{b})" if b > 1 else "") for c, b in self.consumers]
@@ -122,10 +128,7 @@ def _follow(node: fx.Node, modules, block: int, group: dict) -> None:
 
 
 def _inputs(example_inputs) -> tuple:
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not isinstance(inputs, tuple) or not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise TypeError("example_inputs must be a tensor or a tuple of tensors (e.g. model.example_inputs())")
-    return inputs
+    return _args.tensors("example_inputs", example_inputs)
 
 
 class ChannelPruner:
@@ -139,16 +142,13 @@ class ChannelPruner:
 
     def __init__(self, model: nn.Module, example_inputs, *, importance: str | Callable = "l1",
                  ratio: float | Mapping[str, float] = 0.5, ignored_layers: Iterable = (), prune_output: bool = False):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        _args.module("model", model)
         if any(parametrize.is_parametrized(m) for m in model.modules()):
             raise ValueError("model has parametrized (masked) weights: call labkit.prune.make_permanent_ first")
         if isinstance(importance, str):
-            if importance not in IMPORTANCES:
-                raise ValueError(f"importance must be one of {sorted(IMPORTANCES)} or a function, got {importance!r}")
-            importance = IMPORTANCES[importance]
-        elif not callable(importance):
-            raise TypeError(f"importance must be a name or a function, got {type(importance).__name__}")
+            importance = IMPORTANCES[_args.choice("importance", importance, sorted(IMPORTANCES))]
+        else:
+            _args.function("importance", importance)
         self.model, self.importance = model, importance
         modules = dict(model.named_modules())
         names = {id(m): n for n, m in modules.items()}
@@ -249,6 +249,9 @@ def zero_channels_(model: nn.Module, plan: Mapping[str, torch.Tensor], groups: I
     In eval mode this model computes exactly what the pruned one does - a removed channel is one
     that contributes nothing. ``plan`` and ``groups`` come from a :class:`ChannelPruner`.
     """
+    _args.module("model", model)
+    _args.mapping("plan", plan, what="a dict of layer name -> channel indices (ChannelPruner.plan())")
+    groups = _args.sequence("groups", list(_args.iterable("groups", groups)), of=Group, what="a list of Group")
     modules = dict(model.named_modules())
     for g in groups:
         if g.layer not in plan:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from labkit import _args
 from labkit.quantize.fake import FakeQuantize
 from labkit.quantize.maths import check_bits
 from labkit.quantize.modules import (
@@ -83,8 +84,7 @@ class StaticActivationConfig:
     def __post_init__(self):
         self.weight_spec()
         check_bits(self.act_bits, "act_bits")
-        if self.observer not in OBSERVERS:
-            raise ValueError(f"observer must be one of {OBSERVERS}, got {self.observer!r}")
+        _args.choice("observer", self.observer, OBSERVERS)
 
     def weight_spec(self) -> WeightSpec:
         return WeightSpec(self.weight_bits, self.granularity, self.group_size, True)
@@ -105,10 +105,9 @@ class QATConfig:
     def __post_init__(self):
         if self.base_config is None and self.step == "prepare":
             raise ValueError("QATConfig(step='prepare') needs a base_config")
-        if self.base_config is not None and not isinstance(self.base_config, BASE_CONFIGS):
-            raise TypeError(f"base_config must be one of {[c.__name__ for c in BASE_CONFIGS]}, got {type(self.base_config).__name__}")
-        if self.step not in ("prepare", "convert"):
-            raise ValueError(f"step must be 'prepare' or 'convert', got {self.step!r}")
+        if self.base_config is not None:
+            _args.instance("base_config", self.base_config, BASE_CONFIGS)
+        _args.choice("step", self.step, ("prepare", "convert"))
 
 
 def _default_filter(module: nn.Module, name: str) -> bool:
@@ -117,8 +116,7 @@ def _default_filter(module: nn.Module, name: str) -> bool:
 
 def _swap_(model: nn.Module, match: Callable[[nn.Module, str], bool], make: Callable[[nn.Module], nn.Module],
            what: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
     if match(model, ""):
         raise ValueError("the model itself is a single layer: wrap it in a container (e.g. nn.Sequential)")
     wrapped = [n + "." for n, m in model.named_modules() if n and isinstance(m, (FakeQuantized, _Quantized))]
@@ -151,8 +149,8 @@ def _wrap_(model, config, filter_fn, *, qat: bool):
 
 def prepare_(model: nn.Module, config: StaticActivationConfig, *, filter_fn=None) -> nn.Module:
     """Static PTQ step 1: wrap layers with activation observers (nothing quantized yet)."""
-    if not isinstance(config, StaticActivationConfig):
-        raise TypeError(f"prepare_ is for StaticActivationConfig, got {type(config).__name__}")
+    _args.module("model", model)
+    _args.instance("config", config, StaticActivationConfig, "a StaticActivationConfig (prepare_ is for static PTQ)")
     return _wrap_(model, config, filter_fn, qat=False)
 
 
@@ -179,6 +177,8 @@ def quantize_(model: nn.Module, config, *, calibration_data: Iterable | None = N
     ``StaticActivationConfig`` needs ``calibration_data`` (a loader) unless the model was
     already prepared and calibrated.
     """
+    _args.module("model", model)
+    _args.instance("config", config, (*BASE_CONFIGS, QATConfig))
     if isinstance(config, QATConfig):
         if config.step == "prepare":
             return _wrap_(model, config.base_config, filter_fn, qat=True)
@@ -208,6 +208,5 @@ def quantize_(model: nn.Module, config, *, calibration_data: Iterable | None = N
 
 def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, layer)`` of every quantized or fake-quantized layer, in order."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (_Quantized, FakeQuantized))]

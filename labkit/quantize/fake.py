@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from labkit import _args
 from labkit.quantize.maths import (
     _check_float,
     _params,
@@ -30,7 +31,7 @@ from labkit.quantize.maths import (
     qrange,
     round_scaled,
 )
-from labkit.quantize.observers import Observer, make_observer
+from labkit.quantize.observers import OBSERVERS, Observer, make_observer
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -57,6 +58,7 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, *, bits: int = 8, signed: 
     channel along ``axis``, or per group of ``group_size`` along the last dimension).
     """
     _check_float(x)
+    _args.tensor("x", x, dtype="floating")
     qmin, qmax = qrange(bits, signed=signed)
     s, z = _params(x.shape, scale, zero_point, axis, group_size)
     if bool((z < qmin).any()) or bool((z > qmax).any()):
@@ -80,12 +82,11 @@ class FakeQuantize(nn.Module):
                  dynamic: bool = False, observe: bool = True, enabled: bool = True):
         super().__init__()
         self.bits = check_bits(bits)
-        self.symmetric = bool(symmetric)
-        self.dynamic = bool(dynamic)
+        self.symmetric = _args.boolean("symmetric", symmetric)
+        self.dynamic = _args.boolean("dynamic", dynamic)
+        _args.instance("observer", observer, (str, Observer), "an observer name or an Observer")
         if isinstance(observer, str):
-            observer = make_observer(observer)
-        elif not isinstance(observer, Observer):
-            raise TypeError(f"observer must be a name or an Observer, got {type(observer).__name__}")
+            observer = make_observer(_args.choice("observer", observer, OBSERVERS))
         if observer.axis is not None:
             raise ValueError("activations are quantized per tensor: give an observer without axis")
         self.observer = None if self.dynamic else observer

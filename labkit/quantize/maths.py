@@ -47,58 +47,50 @@ import math
 
 import torch
 
+from labkit import _args
+
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 _EPS = torch.finfo(torch.float32).eps  # smallest scale, as in torch.ao.quantization observers
 
 
 def check_bits(bits, name: str = "bits") -> int:
     """``bits`` as an int in 1..16, or a clear error naming the argument."""
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"{name} must be an int between 1 and 16, got {type(bits).__name__}")
-    if not 1 <= bits <= 16:
-        raise ValueError(f"{name} must be between 1 and 16, got {bits}")
-    return bits
+    return _args.integer(name, bits, minimum=1, maximum=16)
 
 
 def qrange(bits: int, *, signed: bool) -> tuple[int, int]:
     """``(qmin, qmax)``: ``(-2**(b-1), 2**(b-1) - 1)`` if signed, else ``(0, 2**b - 1)``."""
     check_bits(bits)
+    _args.boolean("signed", signed)
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
 def code_dtype(bits: int, *, signed: bool) -> torch.dtype:
     """The smallest torch integer dtype that holds ``bits``-bit codes."""
     check_bits(bits)
+    _args.boolean("signed", signed)
     if bits <= 8:
         return torch.int8 if signed else torch.uint8
     return torch.int16 if signed else torch.int32
 
 
 def _check_granularity(granularity: str) -> str:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    return granularity
+    return _args.choice("granularity", granularity, GRANULARITIES)
 
 
 def _check_float(x, name: str = "x") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    return x
+    return _args.tensor(name, x, dtype="floating")
 
 
 def _check_axis(axis, ndim: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    axis = _args.integer("axis", axis)
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} does not exist for a tensor with {ndim} dimension(s)")
     return axis % ndim
 
 
 def _check_group(group_size, shape: torch.Size) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    group_size = _args.positive_int("group_size", group_size)
     if len(shape) == 0 or shape[-1] % group_size:
         last = shape[-1] if len(shape) else "none"
         raise ValueError(f"group_size {group_size} must divide the last dimension ({last})")
@@ -106,8 +98,7 @@ def _check_group(group_size, shape: torch.Size) -> int:
 
 
 def _check_narrow(narrow_range, *, symmetric: bool = True) -> bool:
-    if not isinstance(narrow_range, bool):
-        raise TypeError(f"narrow_range must be a bool, got {type(narrow_range).__name__}")
+    _args.boolean("narrow_range", narrow_range)
     if narrow_range and not symmetric:
         raise ValueError("narrow_range=True needs symmetric=True (it drops the lowest code of a symmetric grid)")
     return narrow_range
@@ -132,11 +123,12 @@ def qparams_from_minmax(min_val, max_val, *, bits: int = 8, symmetric: bool = Fa
     ``narrow_range=True`` (symmetric only) leaves out the lowest code: ``s = max|x| / 127`` at
     8 bits, so ``-max`` and ``+max`` both land on a code (pass it to :func:`quantize` too).
     """
+    _args.boolean("symmetric", symmetric)
     _check_narrow(narrow_range, symmetric=symmetric)
     signed = symmetric if signed is None else signed
     qmin, qmax = qrange(bits, signed=signed)
-    lo = torch.as_tensor(min_val, dtype=torch.float32)
-    hi = torch.as_tensor(max_val, dtype=torch.float32)
+    lo = _args.number_or_tensor("min_val", min_val).to(torch.float32)
+    hi = _args.number_or_tensor("max_val", max_val).to(torch.float32)
     if lo.shape != hi.shape:
         raise ValueError(f"min_val and max_val shapes differ: {tuple(lo.shape)} vs {tuple(hi.shape)}")
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -180,6 +172,8 @@ def choose_qparams(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, s
 def expand_param(p: torch.Tensor, x_shape: torch.Size, *, axis: int | None = None,
                  group_size: int | None = None, name: str = "scale") -> torch.Tensor:
     """Broadcast a scale or zero-point over a tensor of shape ``x_shape``."""
+    _args.tensor(f"p ({name})", p)
+    x_shape = torch.Size(_args.sequence("x_shape", x_shape, of=int, what="a shape (torch.Size or tuple of ints)"))
     if axis is not None and group_size is not None:
         raise ValueError("give axis (per channel) or group_size (per group), not both")
     if group_size is not None:
@@ -201,10 +195,10 @@ def expand_param(p: torch.Tensor, x_shape: torch.Size, *, axis: int | None = Non
 
 
 def _params(x_shape, scale, zero_point, axis, group_size):
-    s = torch.as_tensor(scale, dtype=torch.float32)
+    s = _args.number_or_tensor("scale", scale).to(torch.float32)
     if not bool((s > 0).all()) or not bool(torch.isfinite(s).all()):
-        raise ValueError("scale must be finite and > 0")
-    z = torch.as_tensor(zero_point)
+        raise ValueError(f"scale must be finite and > 0, got {s}")
+    z = _args.number_or_tensor("zero_point", zero_point)
     if z.is_floating_point() and not bool((z == z.round()).all()):
         raise ValueError("zero_point must hold integers")
     s = expand_param(s, x_shape, axis=axis, group_size=group_size, name="scale")
@@ -242,6 +236,9 @@ def round_scaled(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor)
     round exactly once (:func:`_fma_float32`). With ``z == 0`` a float32 product is the same
     thing, and faster.
     """
+    _check_float(x)
+    _args.tensor("scale", scale)
+    _args.tensor("zero_point", zero_point)
     inv = 1.0 / scale.float()
     if not bool(zero_point.any()):
         return torch.round(x.float() * inv)
@@ -253,6 +250,7 @@ def round_scaled(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor)
 def fma_dtype(device_type: str) -> torch.dtype:
     """The dtype :func:`round_scaled` uses for its exact multiply-add on ``device_type``:
     float64, except on ``"mps"`` (no float64 there), where it stays in float32."""
+    _args.text("device_type", device_type)
     return torch.float32 if device_type == "mps" else torch.float64
 
 
@@ -293,8 +291,7 @@ def _two_sum(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def dequantize(codes: torch.Tensor, scale, zero_point, *, axis: int | None = None,
                group_size: int | None = None) -> torch.Tensor:
     """Float32 ``s * (q - z)`` of integer ``codes``."""
-    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.dtype == torch.bool:
-        raise TypeError(f"codes must be an integer tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
+    _args.tensor("codes", codes, dtype="integer")
     s, z = _params(codes.shape, scale, zero_point, axis, group_size)
     return (codes.float() - z.to(codes.device)) * s.to(codes.device)
 
@@ -326,6 +323,10 @@ def quantize_dequantize(x: torch.Tensor, *, bits: int = 8, symmetric: bool = Fal
 
 def granularity_kwargs(granularity: str, axis: int, group_size: int | None) -> dict:
     """The ``axis`` / ``group_size`` keywords quantize/dequantize need for a granularity."""
+    _check_granularity(granularity)
+    _args.integer("axis", axis)
+    if group_size is not None:
+        _args.positive_int("group_size", group_size)
     if granularity == "per_channel":
         return {"axis": axis}
     if granularity == "per_group":
@@ -336,8 +337,8 @@ def granularity_kwargs(granularity: str, axis: int, group_size: int | None) -> d
 def error_vs_bits(x: torch.Tensor, bits_list=(2, 3, 4, 5, 6, 7, 8), *, symmetric: bool = False,
                   granularity: str = "per_tensor", axis: int = 0, group_size: int | None = None) -> list[dict]:
     """One row per bit width: mean squared error, max error and SQNR (dB) of min-max quantization."""
-    if len(bits_list) == 0:
-        raise ValueError("bits_list must not be empty")
+    _check_float(x)
+    _args.sequence("bits_list", bits_list, non_empty=True)
     rows = []
     for b in bits_list:
         x_hat = quantize_dequantize(x, bits=check_bits(b), symmetric=symmetric, granularity=granularity,

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit import _args
 from labkit.quantize.fake import FakeQuantize, fake_quantize
 from labkit.quantize.maths import (
     _check_granularity,
@@ -51,6 +52,7 @@ class WeightSpec:
     def __post_init__(self):
         check_bits(self.bits)
         _check_granularity(self.granularity)
+        _args.boolean("symmetric", self.symmetric)
         if self.granularity == "per_group":
             _check_group(self.group_size, torch.Size([self.group_size or 1]))
         elif self.group_size is not None:
@@ -68,9 +70,8 @@ def _matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def _check_layer(module) -> None:
-    if not isinstance(module, QUANTIZABLE):
-        raise TypeError(f"can quantize nn.Linear or nn.Conv2d, got {type(module).__name__}")
+def _check_layer(module, kinds: type | tuple[type, ...] = QUANTIZABLE) -> None:
+    _args.module("layer", module, kinds)
     if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
         raise ValueError(f"only padding_mode='zeros' convolutions are supported, got {module.padding_mode!r}")
 
@@ -81,8 +82,9 @@ class FakeQuantized(nn.Module):
     def __init__(self, layer: nn.Module, spec: WeightSpec, act: FakeQuantize | None, *, fake_weight: bool = True):
         super().__init__()
         _check_layer(layer)
-        if act is not None and not isinstance(act, FakeQuantize):
-            raise TypeError(f"act must be a FakeQuantize or None, got {type(act).__name__}")
+        _args.instance("spec", spec, WeightSpec, "a labkit.quantize.WeightSpec")
+        if act is not None:
+            _args.instance("act", act, FakeQuantize, "a FakeQuantize or None")
         self.layer, self.spec, self.act, self.fake_weight = layer, spec, act, fake_weight
 
     def quantized_weight(self) -> torch.Tensor:
@@ -102,12 +104,14 @@ class FakeQuantized(nn.Module):
 
 
 class _Quantized(nn.Module):
+    KIND: type = nn.Module  # the float layer this class quantizes
+
     def __init__(self, layer: nn.Module, spec: WeightSpec, *, act_bits: int | None = None, act_mode: str | None = None,
                  act_qparams: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
-        _check_layer(layer)
-        if act_mode not in (None, "static", "dynamic"):
-            raise ValueError(f"act_mode must be None, 'static' or 'dynamic', got {act_mode!r}")
+        _check_layer(layer, self.KIND)
+        _args.instance("spec", spec, WeightSpec, "a labkit.quantize.WeightSpec")
+        _args.choice("act_mode", act_mode, (None, "static", "dynamic"))
         if act_mode == "static" and act_qparams is None:
             raise ValueError("static activation quantization needs act_qparams (calibrate first)")
         self.spec, self.act_mode = spec, act_mode
@@ -158,12 +162,16 @@ class _Quantized(nn.Module):
 class QuantizedLinear(_Quantized):
     """An ``nn.Linear`` with integer weights (and quantized inputs unless weight-only)."""
 
+    KIND = nn.Linear
+
     def forward(self, x):
         return F.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
 
 
 class QuantizedConv2d(_Quantized):
     """An ``nn.Conv2d`` with integer weights (and quantized inputs unless weight-only)."""
+
+    KIND = nn.Conv2d
 
     def __init__(self, layer: nn.Conv2d, spec: WeightSpec, **kwargs):
         super().__init__(layer, spec, **kwargs)

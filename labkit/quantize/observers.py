@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from labkit import _args
 from labkit.quantize.maths import _check_axis, check_bits, qparams_from_minmax, qrange
 
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse")
@@ -35,8 +36,8 @@ class Observer(nn.Module):
 
     def __init__(self, *, axis: int | None = None):
         super().__init__()
-        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
-            raise TypeError(f"axis must be an int or None, got {type(axis).__name__}")
+        if axis is not None:
+            _args.integer("axis", axis)
         self.axis = axis
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
@@ -50,8 +51,7 @@ class Observer(nn.Module):
         return rows.amin(1), rows.amax(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"observers watch floating-point tensors, got {getattr(x, 'dtype', type(x).__name__)}")
+        _args.tensor("x", x, dtype="floating")
         if x.numel():
             self._record(x.detach().float())
             self.batches += 1
@@ -100,7 +100,7 @@ class MovingAverageObserver(Observer):
 
     def __init__(self, *, averaging_constant: float = 0.01, axis: int | None = None):
         super().__init__(axis=axis)
-        if not 0 < averaging_constant <= 1:
+        if not 0 < _args.real("averaging_constant", averaging_constant) <= 1:
             raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
         self.averaging_constant = averaging_constant
 
@@ -120,8 +120,7 @@ class _SampleObserver(Observer):
     def __init__(self, *, max_samples: int = 200_000, per_batch: int = 8192, generator: torch.Generator | None = None):
         super().__init__(axis=None)
         for name, v in (("max_samples", max_samples), ("per_batch", per_batch)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            _args.positive_int(name, v)
         self.max_samples, self.per_batch = max_samples, per_batch
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.register_buffer("sample", torch.empty(0))
@@ -149,7 +148,7 @@ class PercentileObserver(_SampleObserver):
 
     def __init__(self, percentile: float = 99.99, **kwargs):
         super().__init__(**kwargs)
-        if not 50 < percentile <= 100:
+        if not 50 < _args.real("percentile", percentile) <= 100:
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
         self.percentile = percentile
 
@@ -165,8 +164,7 @@ class MSEObserver(_SampleObserver):
 
     def __init__(self, steps: int = 40, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        _args.positive_int("steps", steps)
         self.steps = steps
 
     def range(self, bits=8, symmetric=False):
@@ -187,8 +185,7 @@ def make_observer(kind: str = "minmax", **kwargs) -> Observer:
     """An observer by name: ``minmax``, ``moving_average``, ``percentile`` or ``mse``."""
     classes = {"minmax": MinMaxObserver, "moving_average": MovingAverageObserver,
                "percentile": PercentileObserver, "mse": MSEObserver}
-    if kind not in classes:
-        raise ValueError(f"unknown observer {kind!r}: expected one of {OBSERVERS}")
+    _args.choice("kind", kind, OBSERVERS)
     return classes[kind](**kwargs)
 
 
@@ -199,14 +196,12 @@ def calibrate(model: nn.Module, data: Iterable, *, batches: int | None = None, d
 
     ``batches`` stops early. The model must hold observers (see ``labkit.quantize.prepare_``).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
+    _args.iterable("data", data, "an iterable of batches (a DataLoader)")
+    if batches is not None:
+        _args.positive_int("batches", batches)
     if not any(isinstance(m, Observer) for m in model.modules()):
         raise ValueError("model has no observers to calibrate: prepare it first (labkit.quantize.prepare_)")
-    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches <= 0):
-        raise ValueError(f"batches must be a positive int or None, got {batches!r}")
-    if not hasattr(data, "__iter__"):
-        raise TypeError(f"data must be iterable (a DataLoader), got {type(data).__name__}")
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")

@@ -24,20 +24,19 @@ from __future__ import annotations
 
 import torch
 
+from labkit import _args
+
 PACKABLE_BITS = (1, 2, 4, 8)
 
 
 def _check_pack_bits(bits) -> int:
-    if isinstance(bits, bool) or bits not in PACKABLE_BITS:
-        raise ValueError(f"bits must be one of {PACKABLE_BITS} to pack codes evenly into bytes, got {bits!r}")
-    return bits
+    return _args.choice("bits", _args.integer("bits", bits), PACKABLE_BITS)
 
 
 def packed_nbytes(numel: int, bits: int) -> int:
     """Bytes needed for ``numel`` codes of ``bits`` bits (the last byte may be partly empty)."""
+    numel = _args.non_negative_int("numel", numel)
     per_byte = 8 // _check_pack_bits(bits)
-    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
     return -(-numel // per_byte)
 
 
@@ -46,9 +45,8 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
     Codes must fit in ``bits`` bits, unsigned (``0..2**bits-1``) or signed (``-2**(bits-1)..``).
     """
+    _args.tensor("codes", codes, dtype="integer")
     _check_pack_bits(bits)
-    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.dtype == torch.bool:
-        raise TypeError(f"codes must be an integer tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
     flat = codes.reshape(-1).to(torch.int32)
     if flat.numel() and (int(flat.min()) < -(2 ** (bits - 1)) or int(flat.max()) > 2**bits - 1):
         raise ValueError(f"codes must fit in {bits} bits, got values in [{int(flat.min())}, {int(flat.max())}]")
@@ -62,11 +60,10 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, bits: int, *, numel: int, signed: bool = False) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: the first ``numel`` codes, int8 if ``signed`` else uint8."""
+    _args.tensor("packed", packed, dtype=torch.uint8)
     _check_pack_bits(bits)
-    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
-        raise TypeError(f"packed must be a uint8 tensor, got {getattr(packed, 'dtype', type(packed).__name__)}")
-    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
+    numel = _args.non_negative_int("numel", numel)
+    _args.boolean("signed", signed)
     per_byte = 8 // bits
     if numel > packed.numel() * per_byte:
         raise ValueError(f"numel {numel} is more than {packed.numel()} bytes hold at {bits} bits ({packed.numel() * per_byte})")

@@ -28,7 +28,6 @@ outputs (and accuracy) against fp32. Used by ``notebooks/06_quantization.ipynb``
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,8 +36,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from labkit import _args, timing
+from labkit.devices import check_device
 from labkit.export import OnnxModule, compare, export, quantize_onnx, quiet_loggers
-from labkit.metrics import latency, size_on_disk
+from labkit.metrics import inference_call, size_on_disk
+from labkit.quantize.api import DynamicActivationConfig, quantize_
+from labkit.train import evaluate
 
 RUNTIMES = ("fp32", "torch_int8", "onnx_fp32", "onnx_int8", "torchao_int8_dynamic", "torchao_int8_weight_only",
             "labkit_int8")
@@ -55,10 +58,12 @@ class Runtime:
     device: str = "cpu"
     note: str = ""
 
+    def __post_init__(self):
+        _args.fields(self)
+
 
 def _float_copy(model: nn.Module) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _args.module("model", model)
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise ValueError("model has nothing to quantize: no nn.Linear layer")
     return copy.deepcopy(model).eval().cpu()
@@ -78,8 +83,7 @@ def torchao_int8(model: nn.Module, *, weight_only: bool = False, device=None, co
     """A copy of ``model`` quantized by torchao: int8 dynamic activations and int8 weights, or
     int8 weights only (activations stay float), on ``device`` (default: the CPU); wrapped in
     ``torch.compile`` if ``compile`` (the first call then compiles: tens of seconds)."""
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+    _args.boolean("compile", compile)
     with quiet_loggers("torchao", "torch.utils._pytree"):  # its CUDA-only extensions fail to load on a CPU: expected
         from torchao.quantization import (
             Int8DynamicActivationInt8WeightConfig,
@@ -100,12 +104,11 @@ def build_runtimes(model: nn.Module, example_inputs, *, names: Sequence[str] = R
     see what torchao was written for; the other int8 paths are CPU-only. ONNX files go to
     ``workdir`` (default: a fresh temporary folder that stays for the session).
     """
-    unknown = [n for n in names if n not in RUNTIMES + COMPILED_RUNTIMES]
-    if unknown or not names:
-        raise ValueError(f"names must be a non-empty selection of {RUNTIMES + COMPILED_RUNTIMES}, got {list(names)}")
-    dev = str(torch.device(device)) if device is not None else "cpu"
     fp32 = _float_copy(model)
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = _args.tensors("example_inputs", example_inputs)
+    for i, n in enumerate(_args.sequence("names", names, non_empty=True)):
+        _args.choice(f"names[{i}]", n, RUNTIMES + COMPILED_RUNTIMES)
+    dev = str(check_device(device)) if device is not None else "cpu"
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="labkit_runtimes_"))
     out: dict[str, Runtime] = {}
     onnx_fp32 = None
@@ -129,8 +132,6 @@ def build_runtimes(model: nn.Module, example_inputs, *, names: Sequence[str] = R
             size = size_on_disk(m._orig_mod if compiled else m)
             out[name] = Runtime(name, m, size, device=dev, note=f"torchao on {dev}" + (", torch.compile" if compiled else ", eager"))
         else:  # labkit_int8
-            from labkit.quantize.api import DynamicActivationConfig, quantize_
-
             m = quantize_(copy.deepcopy(fp32), DynamicActivationConfig())
             out[name] = Runtime(name, m, size_on_disk(m), note="labkit int8 storage, float compute (a simulation)")
     return out
@@ -142,16 +143,21 @@ def measure_runtimes(runtimes: Mapping[str, Runtime], inputs, *, data: Iterable 
     speed-up over the reference, max ``|output - reference output|`` and, given ``data`` (a
     loader), accuracy. Latencies are taken in ``rounds`` interleaved rounds; the speed-up is the
     median of the per-round ratios."""
+    _args.mapping("runtimes", runtimes, non_empty=True, what="a dict of name -> Runtime (from build_runtimes)")
+    for name, r in runtimes.items():
+        _args.instance(f"runtimes[{name!r}]", r, Runtime)
+    inputs = _args.tensors("inputs", inputs)
     if reference not in runtimes:
         raise ValueError(f"reference {reference!r} is not among the runtimes {list(runtimes)}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    _args.positive_int("rounds", rounds)
+    _args.positive_float("min_run_time", min_run_time)
+    if data is not None:
+        _args.iterable("data", data, "an iterable of (x, y) batches")
     on = {n: tuple(t.to(r.device) for t in inputs) for n, r in runtimes.items()}
-    times: dict[str, list[float]] = {n: [] for n in runtimes}
-    for _ in range(rounds):
-        for n, r in runtimes.items():
-            times[n].append(latency(r.module, on[n], device=r.device, min_run_time=min_run_time).median)
+    calls = {n: inference_call(r.module, on[n], r.device) for n, r in runtimes.items()}
+    times = timing.compare({n: run for n, (run, _) in calls.items()}, rounds=rounds,
+                    device={n: dev for n, (_, dev) in calls.items()}, min_run_time=min_run_time, warmup=2,
+                    reference=reference)
     with torch.inference_mode():
         ref_out = runtimes[reference].module(*on[reference]).cpu()
     ref = runtimes[reference]
@@ -160,12 +166,9 @@ def measure_runtimes(runtimes: Mapping[str, Runtime], inputs, *, data: Iterable 
         with torch.inference_mode():
             diff = compare(ref_out, r.module(*on[n]).cpu())["max_abs_diff"]
         row = {"runtime": n, "size_mb": r.size_bytes / 1e6, "size_ratio": ref.size_bytes / r.size_bytes,
-               "latency_ms": statistics.median(times[n]) * 1e3,
-               "speedup": statistics.median(a / b for a, b in zip(times[reference], times[n])),
+               "latency_ms": times[n]["median"] * 1e3, "speedup": times[n]["speedup"],
                "max_abs_diff": diff, "device": r.device, "note": r.note}
         if data is not None:
-            from labkit.train import evaluate
-
             row["accuracy"] = evaluate(r.module, data, device=r.device)["accuracy"]
         rows.append(row)
     return rows
@@ -174,8 +177,8 @@ def measure_runtimes(runtimes: Mapping[str, Runtime], inputs, *, data: Iterable 
 def format_rows(rows: Sequence[Mapping], columns: Sequence[str] = ("runtime", "size_mb", "size_ratio", "latency_ms",
                                                                     "speedup", "max_abs_diff", "accuracy")) -> str:
     """A plain-text table of :func:`measure_runtimes` rows (missing columns left out)."""
-    if not rows:
-        raise ValueError("rows is empty")
+    _args.rows("rows", rows)
+    _args.sequence("columns", columns, of=str)
     cols = [c for c in columns if any(c in r for r in rows)]
     cells = [[c for c in cols]] + [[_fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]

@@ -1,0 +1,1 @@
+"""Development tools for the test-suite (not shipped in the labkit package)."""
