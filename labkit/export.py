@@ -1,14 +1,26 @@
 """Export a model to ONNX, run it with ONNX Runtime, compare outputs, quantize it for deployment.
 
 ONNX is a file format for a network's graph and weights that many runtimes execute; ONNX
-Runtime (ORT) is Microsoft's, fast on CPUs, and its *dynamic quantization* (int8 weights,
-activations quantized per batch, ``MatMulInteger`` / ``ConvInteger`` kernels) is the maintained
-way to ship an int8 model to a CPU::
+Runtime (ORT) is Microsoft's, fast on CPUs, and its quantization tools are the maintained way to
+ship an int8 model to a CPU. It has two:
+
+* *dynamic* (:func:`quantize_onnx`): int8 weights; each activation's range is measured on every
+  batch at run time (``DynamicQuantizeLinear``), then ``ConvInteger`` / ``MatMulInteger``, and the
+  result goes back to float. No calibration data; ORT recommends it for RNNs and transformers.
+* *static* (:func:`quantize_onnx_static`): activation ranges are fixed beforehand from
+  calibration batches and written into the graph as ``QuantizeLinear`` / ``DequantizeLinear``
+  pairs (the QDQ format); ORT then fuses ``DQ -> Conv -> Q`` into ``QLinearConv``, so the network
+  computes in int8 from one layer to the next. ORT recommends it for CNNs.
+
+:func:`runtime_ops` lists the operators ORT really runs after its graph optimizations, which is
+how you check that a "quantized" model computes in int8::
 
     path = export(model, model.example_inputs(8), "model.onnx")   # torch.onnx.export (dynamo)
     out = run_onnx(path, x)                                         # a torch tensor
     compare(model(x), out)                                          # max |diff|, same argmax?
     q = quantize_onnx(path, "model.int8.onnx")                      # ORT dynamic int8
+    s = quantize_onnx_static(path, "model.qdq.onnx", batches)       # ORT static int8 (QDQ)
+    runtime_ops(s)                                                  # {'QLinearConv': 3, ...}
 
 :class:`OnnxModule` wraps an ORT session as an ``nn.Module``, so the course's evaluation and
 timing helpers (``labkit.train.evaluate``, ``labkit.metrics.latency``) work on it unchanged.
@@ -158,18 +170,101 @@ def quantize_onnx(path: str | os.PathLike, out_path: str | os.PathLike, *, per_c
 
     ORT's recommended pre-pass (shape inference, graph clean-up) runs first, into a temporary
     file; ``per_channel`` gives each output channel its own weight scale."""
-    import tempfile
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    src = _args.path("path", path, must_exist=True)
-    dst = _args.path("out_path", out_path, suffix=".onnx")
     _args.boolean("per_channel", per_channel)
     _args.choice("weight_type", weight_type, sorted(types))
+    return _after_pre_process(path, out_path, lambda pre, dst: quantize_dynamic(
+        pre, dst, per_channel=per_channel, weight_type=types[weight_type]))
+
+
+def _after_pre_process(path, out_path, quantize) -> Path:
+    """Check the paths, run ORT's pre-pass into a temporary file, then ``quantize(pre, out)``."""
+    import tempfile
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src = _args.path("path", path, must_exist=True)
+    dst = _args.path("out_path", out_path, suffix=".onnx")
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre))
-        quantize_dynamic(str(pre), str(dst), per_channel=per_channel, weight_type=types[weight_type])
+        quantize(str(pre), str(dst))
     return dst
+
+
+class _CalibrationReader:
+    """ORT's calibration-data-reader protocol (``get_next`` -> feed dict or ``None``) over batches."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
+        self.input_name, self.batches, self.position = input_name, batches, 0
+
+    def get_next(self):
+        if self.position == len(self.batches):
+            return None
+        self.position += 1
+        return {self.input_name: self.batches[self.position - 1]}
+
+    def rewind(self):
+        self.position = 0
+
+
+def quantize_onnx_static(path: str | os.PathLike, out_path: str | os.PathLike, calibration, *,
+                         per_channel: bool = True, method: str = "minmax") -> Path:
+    """ONNX Runtime's static quantization in the QDQ format: int8 weights (per output channel by
+    default) and uint8 activations whose scales come from ``calibration``, an iterable of input
+    batches (tensors) for a one-input model. Returns ``out_path``.
+
+    ``method``: ``"minmax"`` (the observed range), ``"entropy"`` or ``"percentile"`` (clip
+    outliers). After ORT's graph optimizations the convolutions run as ``QLinearConv`` and the
+    fully connected layers as ``QGemm`` (check with :func:`runtime_ops`). Used by ``08``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"method must be one of {sorted(methods)}, got {method!r}")
+    _args.path("path", path, must_exist=True)
+    _args.path("out_path", out_path, suffix=".onnx")
+    _args.boolean("per_channel", per_channel)
+    if not isinstance(calibration, torch.Tensor):
+        _args.iterable("calibration", calibration, what="a float tensor or an iterable of float tensors (input batches)")
+    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
+    if not batches or not all(isinstance(b, torch.Tensor) and b.is_floating_point() for b in batches):
+        raise TypeError("calibration must be a float tensor or a non-empty iterable of float tensors (input batches)")
+    inputs = onnx_session(path).get_inputs()
+    if len(inputs) != 1:
+        raise ValueError(f"quantize_onnx_static handles one-input models; this one takes {len(inputs)}")
+    reader = _CalibrationReader(inputs[0].name, [b.detach().cpu().float().numpy() for b in batches])
+    return _after_pre_process(path, out_path, lambda pre, dst: quantize_static(
+        pre, dst, reader, quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, calibrate_method=methods[method]))
+
+
+def runtime_ops(path: str | os.PathLike, *, session_options: dict[str, str] | None = None) -> dict[str, int]:
+    """``{op type: count}`` of the graph ONNX Runtime actually runs for the file at ``path``, after
+    its CPU graph optimizations (fusions such as ``DQ -> Conv -> Q`` into ``QLinearConv``).
+
+    ``session_options``: extra session config entries (e.g. ``{"session.disable_quant_qdq": "1"}``).
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    src = _args.path("path", path, must_exist=True)
+    if session_options is not None:
+        _args.mapping("session_options", session_options, what="a dict of session config entries (str -> str)")
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        for key, value in (session_options or {}).items():
+            opts.add_session_config_entry(key, value)
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

@@ -4,8 +4,18 @@ import pytest
 import torch
 from torch import nn
 
+from labkit.compress import fold_batchnorm
 from labkit.data import load_dataset, make_loader
-from labkit.export import OnnxModule, compare, export, onnx_session, quantize_onnx, run_onnx
+from labkit.export import (
+    OnnxModule,
+    compare,
+    export,
+    onnx_session,
+    quantize_onnx,
+    quantize_onnx_static,
+    run_onnx,
+    runtime_ops,
+)
 from labkit.metrics import file_size
 from labkit.models import MLP, SmallCNN
 from labkit.train import evaluate
@@ -53,6 +63,39 @@ def test_ort_dynamic_int8_is_smaller_and_close(mlp_onnx, tmp_path, gen):
     assert c["max_abs_diff"] < 0.02 * float(ref.abs().max()) and c["same_argmax"] >= 0.9
     per_channel = quantize_onnx(path, tmp_path / "mlp.int8pc.onnx", per_channel=True)
     assert compare(ref, run_onnx(per_channel, x))["max_abs_diff"] < 0.02 * float(ref.abs().max())
+
+
+@torch.no_grad()
+def test_ort_static_qdq_really_computes_in_int8(tmp_path, gen):
+    torch.manual_seed(0)
+    model = fold_batchnorm(SmallCNN(widths=(4, 8)).eval())
+    path = export(model, model.example_inputs(2), tmp_path / "cnn.onnx")
+    calibration = [torch.rand(16, 1, 28, 28, generator=gen) for _ in range(3)]
+    static = quantize_onnx_static(path, tmp_path / "cnn.qdq.onnx", calibration)
+    dynamic = quantize_onnx(path, tmp_path / "cnn.dyn.onnx")
+    float_ops, static_ops, dynamic_ops = runtime_ops(path), runtime_ops(static), runtime_ops(dynamic)
+    assert float_ops.get("Conv") == 2 and "QLinearConv" not in float_ops  # two convs, one linear
+    assert static_ops.get("QLinearConv") == 2 and "Conv" not in static_ops  # int8 in, int8 out
+    assert static_ops.get("QuantizeLinear") == 1  # the input, once; then int8 layer to layer
+    assert dynamic_ops.get("ConvInteger") == 2 and dynamic_ops.get("DynamicQuantizeLinear") == 2
+    x = torch.cat(calibration)
+    ref = model(x)  # an untrained network: near-uniform logits, so only a loose closeness check
+    c = compare(ref, run_onnx(static, x))
+    assert c["mean_abs_diff"] < 0.05 * float(ref.abs().max()) and c["same_argmax"] >= 0.9
+    # with the QDQ fusion turned off ORT dequantizes and runs float Conv: same file, other kernels
+    assert "QLinearConv" not in runtime_ops(static, session_options={"session.disable_quant_qdq": "1"})
+
+
+def test_static_quantization_bad_input(mlp_onnx, tmp_path):
+    _, path = mlp_onnx
+    with pytest.raises(TypeError, match="calibration"):
+        quantize_onnx_static(path, tmp_path / "q.onnx", [])
+    with pytest.raises(TypeError, match="calibration"):
+        quantize_onnx_static(path, tmp_path / "q.onnx", [torch.ones(2, 3, dtype=torch.long)])
+    with pytest.raises(ValueError, match="method"):
+        quantize_onnx_static(path, tmp_path / "q.onnx", torch.rand(4, 1, 28, 28), method="kmeans")
+    with pytest.raises(ValueError, match="no such ONNX file"):
+        runtime_ops(tmp_path / "missing.onnx")
 
 
 def test_onnx_module_works_with_the_course_helpers(mlp_onnx):

@@ -13,6 +13,7 @@ from torch import nn
 
 from labkit import prune
 from labkit.models import MLP, SmallCNN
+from labkit.prune.masks import PRUNABLE
 from labkit.train import fit
 
 
@@ -177,3 +178,53 @@ def test_bad_arguments_have_clear_errors():
         prune.apply_masks_(_model("mlp"), {"layers.1": torch.ones(3, 3, dtype=torch.bool)})
     with pytest.raises(TypeError, match="weight"):
         prune.magnitude_mask([1.0, 2.0], 0.5)
+
+
+@pytest.mark.parametrize("amount", [0, 1, 7, 50])
+def test_int_amount_is_a_count_as_in_torch(amount):
+    ours, theirs = _model("cnn"), _model("cnn")
+    prune.magnitude_prune_(ours, amount, scope="layer")
+    for m in theirs.modules():
+        if isinstance(m, PRUNABLE):
+            torch_prune.l1_unstructured(m, "weight", amount=amount)
+    theirs_masks = _torch_masks(theirs)
+    assert set(prune.get_masks(ours)) == set(theirs_masks)
+    for name, mask in prune.get_masks(ours).items():
+        assert int((~mask).sum()) == amount  # amount=1 prunes one weight, not all of them
+        assert torch.equal(mask, theirs_masks[name])
+
+
+def test_int_amount_counts_over_all_layers_when_global():
+    ours, theirs = _model("mlp"), _model("mlp")
+    prune.magnitude_prune_(ours, 50, scope="global")
+    params = [(m, "weight") for m in theirs.modules() if isinstance(m, PRUNABLE)]
+    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=50)
+    assert prune.sparsity_report(ours).zeros == 50
+    theirs_masks = _torch_masks(theirs)
+    for name, mask in prune.get_masks(ours).items():
+        assert torch.equal(mask, theirs_masks[name])
+
+
+def test_int_amount_larger_than_the_layer_is_rejected():
+    with pytest.raises(ValueError, match="count"):
+        prune.magnitude_mask(torch.randn(5), 6)
+    with pytest.raises(ValueError, match="amount"):
+        prune.magnitude_mask(torch.randn(5), -1)
+    with pytest.raises(ValueError, match=r"amount\['layers.1'\]"):
+        prune.magnitude_prune_(_model("mlp"), {"layers.1": 10**9})
+
+
+def test_second_call_differs_from_torch_total_versus_remaining():
+    """labkit: amount is the total at zero after the call; torch: amount of what remains."""
+    ours, theirs = nn.Linear(40, 10), nn.Linear(40, 10)
+    theirs.load_state_dict(ours.state_dict())
+    prune.magnitude_prune_(ours, 0.5)
+    torch_prune.l1_unstructured(theirs, "weight", amount=0.5)
+    assert torch.equal(prune.get_masks(ours)[""], theirs.weight_mask.bool())  # first call: same
+    prune.magnitude_prune_(ours, 0.5)
+    torch_prune.l1_unstructured(theirs, "weight", amount=0.5)
+    assert prune.sparsity(ours) == 0.5  # still 200 of 400
+    assert float((theirs.weight == 0).float().mean()) == 0.75  # 200 + half of the 200 left
+    # torch reaches labkit's total with (s - s0) / (1 - s0) of the remaining weights
+    prune.magnitude_prune_(ours, 0.75)
+    assert torch.equal(prune.get_masks(ours)[""], theirs.weight_mask.bool())

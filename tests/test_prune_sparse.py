@@ -98,3 +98,20 @@ def test_bad_arguments():
         prune.dense_state_dict({"w": {"layout": "rle"}})
     with pytest.raises(TypeError, match="sparse_state"):
         prune.dense_state_dict([1])
+
+
+@pytest.mark.parametrize("batch_shape", [(1,), (5,), (2, 3)])
+def test_csr_linear_equals_the_dense_layer(batch_shape, gen):
+    dense = nn.Linear(40, 24)
+    prune.magnitude_prune_(dense, 0.9)
+    prune.make_permanent_(dense)
+    sparse = prune.CsrLinear(dense)
+    assert sparse.nnz == int((dense.weight != 0).sum()) == 96  # 10% of 960 weights
+    x = torch.randn(*batch_shape, 40, generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(sparse(x), dense(x), atol=1e-5)
+    no_bias = nn.Linear(40, 24, bias=False)
+    with torch.no_grad():
+        assert torch.allclose(prune.CsrLinear(no_bias)(x), no_bias(x), atol=1e-5)
+    with pytest.raises(TypeError, match="linear"):
+        prune.CsrLinear(nn.Conv2d(1, 1, 1))

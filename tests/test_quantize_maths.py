@@ -2,7 +2,9 @@
 hand-worked examples and hypothesis properties."""
 
 import warnings
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,6 +15,7 @@ from labkit.quantize import (
     code_dtype,
     dequantize,
     error_vs_bits,
+    maths,
     pack_bits,
     pack_int4,
     packed_nbytes,
@@ -24,6 +27,7 @@ from labkit.quantize import (
     unpack_bits,
     unpack_int4,
 )
+from labkit.quantize.maths import _fma_float32, fma_dtype
 
 FLOATS = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
 
@@ -67,6 +71,40 @@ def test_symmetric_qparams_by_hand():
     assert z.item() == 128  # PyTorch's quint8 symmetric zero-point
 
 
+def test_symmetric_127_5_clips_plus_max_and_narrow_range_does_not():
+    x = torch.tensor([-7.96875, 0.0, 7.96875])  # max = 127.5 / 16: every step below is exact
+    s, z = choose_qparams(x, bits=8, symmetric=True)
+    assert s.item() == 1 / 16  # max / 127.5
+    assert quantize(x, s, z, bits=8, signed=True).tolist() == [-128, 0, 127]  # +127.5 rounds to 128, clips
+    s, z = choose_qparams(x, bits=8, symmetric=True, narrow_range=True)
+    assert s.item() == pytest.approx(7.96875 / 127)
+    codes = quantize(x, s, z, bits=8, signed=True, narrow_range=True)
+    assert codes.tolist() == [-127, 0, 127]  # -max and +max both on the grid
+    assert quantize(torch.tensor([-100.0]), s, z, bits=8, signed=True, narrow_range=True).item() == -127
+    x_hat = quantize_dequantize(x, bits=8, symmetric=True, narrow_range=True)
+    assert torch.allclose(x_hat, x, atol=1e-6)
+
+
+def test_narrow_range_scale_equals_torch_observer_with_quant_min_minus_127(gen):
+    x = torch.randn(300, generator=gen) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obs = torch.ao.quantization.MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric,
+                                                   quant_min=-127, quant_max=127)
+        obs(x)
+        ref_s, ref_z = obs.calculate_qparams()
+    s, z = choose_qparams(x, bits=8, symmetric=True, narrow_range=True)
+    assert s.item() == pytest.approx(ref_s.item(), rel=1e-6) and z.item() == ref_z.item() == 0
+    assert torch.equal(quantize(x, s, z, bits=8, signed=True, narrow_range=True), torch_codes(x, s.item(), 0, torch.qint8))
+
+
+def test_narrow_range_needs_symmetric_and_a_bool():
+    with pytest.raises(ValueError, match="narrow_range"):
+        choose_qparams(torch.randn(5), symmetric=False, narrow_range=True)
+    with pytest.raises(TypeError, match="narrow_range"):
+        quantize(torch.randn(5), 0.1, 0, signed=True, narrow_range=1)
+
+
 def test_quantize_vector_by_hand():
     x = torch.tensor([-1.0, -0.5, 0.0, 0.26, 0.75, 9.0])
     codes = quantize(x, 0.25, 4, bits=4)  # x/s + z = -4+4, -2+4, 4, 1.04+4, 3+4, 36+4 -> clamp 15
@@ -104,6 +142,45 @@ def test_exact_halves_equal_torch(k, log2_scale, zp):
     scale = 2.0**log2_scale
     x = torch.tensor([(k + 0.5) * scale, (-k - 0.5) * scale])
     assert torch.equal(quantize(x, scale, zp, bits=8), torch_codes(x, scale, zp, torch.quint8))
+
+
+def _nearest_float32(value: Fraction) -> float:
+    """The float32 nearest to an exact rational (ties to the even mantissa): the reference."""
+    guess = np.float32(float(value))
+    candidates = [np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))]
+    best = min(candidates, key=lambda f: (abs(Fraction(float(f)) - value), int(np.array(f).view(np.int32)) & 1))
+    return float(best)
+
+
+def test_mps_rounds_in_float32_and_other_devices_in_float64():
+    assert fma_dtype("mps") == torch.float32
+    assert fma_dtype("cpu") == fma_dtype("cuda") == torch.float64
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-1e4, 1e4, width=32), st.floats(2.0**-10, 1e3, width=32), st.integers(-255, 255))
+def test_float32_fma_rounds_once_like_exact_arithmetic(a, b, c):
+    ours = _fma_float32(torch.tensor([a]), torch.tensor([b]), torch.tensor([float(c)])).item()
+    assert ours == _nearest_float32(Fraction(a) * Fraction(b) + c)
+
+
+def test_float32_fma_on_a_near_tie_by_hand():
+    a, b, c = 0.04563606530427933, 19.51606559753418, -126.0  # exact a*b + c lies 1e-13 from a midpoint
+    assert _fma_float32(torch.tensor([a]), torch.tensor([b]), torch.tensor([c])).item() == -125.10936737060547
+    assert _nearest_float32(Fraction(a) * Fraction(b) + Fraction(c)) == -125.10936737060547
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(FLOATS, min_size=1, max_size=64), st.floats(1e-3, 10.0), st.integers(1, 255))
+def test_the_mps_path_without_float64_equals_torch(values, scale, zp):
+    """Mock the device type: with fma_dtype -> float32 (as on MPS) and float64 forbidden, the
+    codes still equal PyTorch's CPU kernel."""
+    x = torch.tensor(values, dtype=torch.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(maths, "fma_dtype", lambda device_type: torch.float32)
+        mp.setattr(torch.Tensor, "double", lambda self: pytest.fail("float64 used on the MPS path"))
+        ours = quantize(x, scale, zp, bits=8)
+    assert torch.equal(ours, torch_codes(x, scale, zp, torch.quint8))
 
 
 @pytest.mark.parametrize("shape,axis", [((6, 33), 0), ((6, 33), 1), ((4, 3, 5, 5), 1), ((4, 3, 5, 5), -1)])
@@ -177,6 +254,32 @@ def test_pack_two_4bit_values_by_hand():
     assert pack_int4(torch.tensor([1, 2])).tolist() == [0x21]
     assert pack_int4(torch.tensor([-1, 7, 3])).tolist() == [0x7F, 0x03]
     assert unpack_int4(torch.tensor([0x7F, 0x03], dtype=torch.uint8), numel=3, signed=True).tolist() == [-1, 7, 3]
+
+
+def _torch_quint4x2_bytes(codes: torch.Tensor) -> torch.Tensor:
+    """PyTorch's own 4-bit packing: quantize the codes themselves (scale 1, zero-point 0)."""
+    with warnings.catch_warnings():  # quantized dtypes are deprecated, still the reference here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.quantize_per_tensor(codes.float(), 1.0, 0, torch.quint4x2).int_repr()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 15), min_size=1, max_size=41))
+def test_pack_int4_matches_torch_quint4x2(values):
+    codes = torch.tensor(values)
+    theirs = _torch_quint4x2_bytes(codes)
+    assert pack_int4(codes).tolist() == theirs.tolist()  # first code in the low nibble, as torch
+    assert unpack_int4(theirs, numel=len(values)).tolist() == values
+
+
+def test_other_nibble_orders_do_not_round_trip():
+    """The layout is a contract: tinygemm's (first high) or GGML Q4_0's (x[j], x[j+16]) differ."""
+    codes = torch.arange(32) % 16
+    tinygemm = (codes[0::2] << 4 | codes[1::2]).to(torch.uint8)
+    ggml_q4_0 = (codes[:16] | codes[16:] << 4).to(torch.uint8)
+    assert unpack_int4(pack_int4(codes), numel=32).tolist() == codes.tolist()
+    assert unpack_int4(tinygemm, numel=32).tolist() != codes.tolist()
+    assert unpack_int4(ggml_q4_0, numel=32).tolist() != codes.tolist()
 
 
 @settings(max_examples=60, deadline=None)

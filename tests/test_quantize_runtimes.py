@@ -54,6 +54,19 @@ def test_build_and_measure_all_runtimes(model, tmp_path):
     assert text.splitlines()[0].split()[:3] == ["runtime", "size_mb", "size_ratio"] and len(text.splitlines()) == 8
 
 
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_torchao_equals_eager_torchao(model, tmp_path, gen):
+    names = ("torchao_int8_weight_only", "torchao_int8_weight_only_compiled")
+    runtimes = build_runtimes(model, model.example_inputs(4), names=names, workdir=tmp_path)
+    eager, compiled = (runtimes[n] for n in names)
+    assert compiled.size_bytes == eager.size_bytes and "torch.compile" in compiled.note
+    x = torch.rand(8, 1, 28, 28, generator=gen)
+    assert torch.allclose(compiled.module(x), eager.module(x), atol=1e-4)
+    with pytest.raises(TypeError, match="compile"):
+        torchao_int8(model, compile="yes")
+
+
 def test_bad_input(model):
     with pytest.raises(ValueError, match=r"names\[0\] must be one of"):
         build_runtimes(model, model.example_inputs(), names=("fp16",))

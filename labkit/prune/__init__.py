@@ -10,7 +10,7 @@ The lesson is ``notebooks/05_pruning.ipynb``; the capstone (08) builds on the sa
   and its proximal step (soft thresholding).
 * :mod:`labkit.prune.structured` - :class:`ChannelPruner`: remove whole channels / neurons by
   filter norm and get a smaller dense model (BatchNorm and following layers adjusted).
-* :mod:`labkit.prune.sparse` - store sparse weights compactly (bitmask, CSR, COO).
+* :mod:`labkit.prune.sparse` - store sparse weights compactly (bitmask, CSR, COO); a CSR Linear layer.
 
 A typical session::
 
@@ -41,13 +41,13 @@ from labkit.prune.schedule import (
     sensitivity_analysis,
     soft_threshold_,
 )
-from labkit.prune.sparse import dense_state_dict, sparse_state_dict
+from labkit.prune.sparse import CsrLinear, dense_state_dict, sparse_state_dict
 from labkit.prune.structured import ChannelPruner, l1_importance, l2_importance, zero_channels_
 
 __all__ = [
     "WeightMask", "apply_masks_", "compute_masks", "get_masks", "magnitude_mask", "magnitude_prune_",
     "make_permanent_", "prunable_layers", "sparsity", "sparsity_report",
     "GradualPruner", "cubic_sparsity", "l1_penalty", "l1_regularized", "sensitivity_analysis", "soft_threshold_",
-    "dense_state_dict", "sparse_state_dict",
+    "CsrLinear", "dense_state_dict", "sparse_state_dict",
     "ChannelPruner", "l1_importance", "l2_importance", "zero_channels_",
 ]

@@ -1,14 +1,17 @@
 """Unstructured magnitude pruning: masks, how they are applied and kept, and sparsity reports.
 
 Magnitude pruning keeps the weights with the largest ``|w|`` and zeroes the rest. For a tensor
-of ``n`` weights and an ``amount`` in [0, 1] it removes the ``k = round(amount * n)`` smallest
-(Python's ``round``, half to even, exactly as ``torch.nn.utils.prune`` counts them)::
+of ``n`` weights it removes the ``k`` smallest, where ``amount`` means what it means to
+``torch.nn.utils.prune``: a float in [0, 1] is a *fraction*, ``k = round(amount * n)`` (Python's
+``round``, half to even), and an int is a *count*, ``k = amount`` (``amount=1`` prunes one
+weight, not all of them)::
 
     mask[i] = 0  if  |w_i| is among the k smallest |w|,  else 1        w_pruned = w * mask
 
 *Layer-wise* pruning does this in every layer separately (each loses ``amount`` of its weights);
 *global* pruning ranks the weights of all layers together, so big layers with many small weights
-lose more than small, important ones (the first conv, the classifier).
+lose more than small, important ones such as the first conv (in ``SmallCNN`` the classifier is
+the *biggest* layer, 31k of its 50k weights, and global pruning takes most from it).
 
 A mask is applied as a parametrization (``torch.nn.utils.parametrize``): the layer keeps its
 dense ``original`` weight and ``module.weight`` is recomputed as ``original * mask`` at each use.
@@ -17,8 +20,16 @@ there never reaches the output, so the mask holds through training with no extra
 :func:`make_permanent_` bakes ``original * mask`` into a plain weight again. Pruning an already
 masked layer combines the masks (a weight once pruned stays pruned).
 
-Checked against ``torch.nn.utils.prune.l1_unstructured`` / ``global_unstructured`` in
-``tests/test_prune_masks.py``; taught in ``notebooks/05_pruning.ipynb``.
+**Pruning twice differs from torch.** ``amount`` here is the *total* left at zero after the call,
+counting weights pruned before (already-pruned weights rank as zeros, the smallest of all).
+``torch.nn.utils.prune`` applies ``amount`` to the weights that *remain*: ``l1_unstructured(m,
+"weight", 0.5)`` twice leaves 75% zeros, ``magnitude_prune_(m, 0.5)`` twice leaves 50%. So the
+two agree on the first call only; to reach a total of ``s`` after ``s0``, torch needs
+``(s - s0) / (1 - s0)``.
+
+Checked against ``torch.nn.utils.prune.l1_unstructured`` / ``global_unstructured`` (first call,
+fraction and count; and the second-call difference) in ``tests/test_prune_masks.py``; taught in
+``notebooks/05_pruning.ipynb``.
 """
 
 from __future__ import annotations
@@ -64,27 +75,40 @@ def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> di
     return {n: found[n] for n in layers}
 
 
-def magnitude_mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
-    """Boolean mask (same shape as ``weight``) that is False on the ``round(amount * n)``
-    weights of smallest ``|w|`` and True elsewhere."""
+def _prune_count(amount, n: int, name: str = "amount") -> int:
+    """How many of ``n`` weights ``amount`` prunes, with torch.nn.utils.prune's meaning:
+    an int is a count (``0 <= amount <= n``), a float a fraction (``round(amount * n)``)."""
+    if isinstance(amount, numbers.Integral) and not isinstance(amount, bool):
+        if not 0 <= int(amount) <= n:
+            raise ValueError(f"{name}={amount} is a count of weights (an int) and must be in [0, {n}]; "
+                             f"pass a float such as {amount}.0 or 0.5 for a fraction")
+        return int(amount)
+    return round(check_amount(amount, name) * n)
+
+
+def magnitude_mask(weight: torch.Tensor, amount: float | int) -> torch.Tensor:
+    """Boolean mask (same shape as ``weight``) that is False on the ``k`` weights of smallest
+    ``|w|`` and True elsewhere: ``k = round(amount * n)`` for a float, ``k = amount`` for an int."""
     _args.tensor("weight", weight, dtype="floating")
-    amount = check_amount(amount)
+    return _smallest_k_mask(weight, _prune_count(amount, weight.numel()))
+
+
+def _smallest_k_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
     mask = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
-    k = round(amount * weight.numel())
     if k > 0:
         smallest = torch.topk(weight.detach().abs().flatten(), k, largest=False).indices
         mask.view(-1)[smallest] = False
     return mask
 
 
-def compute_masks(model: nn.Module, amount: float | Mapping[str, float], *, scope: str = "layer",
+def compute_masks(model: nn.Module, amount: float | int | Mapping[str, float | int], *, scope: str = "layer",
                   layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
     """Magnitude masks ``{layer name: bool mask}`` for the prunable layers, without applying them.
 
     ``scope="layer"``: each layer loses ``amount`` of its own weights (``amount`` may be a dict
     ``{layer: amount}`` for per-layer amounts). ``scope="global"``: the ``round(amount * N)``
-    smallest of all ``N`` weights together are removed. Ranks the *current* weights, so pruned
-    (masked) weights count as zeros.
+    (float) or ``amount`` (int) smallest of all ``N`` weights together are removed. Ranks the
+    *current* weights, so pruned (masked) weights count as zeros.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -93,9 +117,8 @@ def compute_masks(model: nn.Module, amount: float | Mapping[str, float], *, scop
         if scope != "layer":
             raise ValueError("a per-layer amount dict needs scope='layer'")
         chosen = prunable_layers(model, layers if layers is not None else list(amount))
-        return {name: magnitude_mask(m.weight, check_amount(amount[name], f"amount[{name!r}]"))
+        return {name: _smallest_k_mask(m.weight, _prune_count(amount[name], m.weight.numel(), f"amount[{name!r}]"))
                 for name, m in chosen.items()}
-    amount = check_amount(amount)
     chosen = prunable_layers(model, layers)
     if scope == "layer":
         return {name: magnitude_mask(m.weight, amount) for name, m in chosen.items()}
@@ -148,13 +171,15 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modu
     return model
 
 
-def magnitude_prune_(model: nn.Module, amount: float | Mapping[str, float], *, scope: str = "layer",
+def magnitude_prune_(model: nn.Module, amount: float | int | Mapping[str, float | int], *, scope: str = "layer",
                      layers: Iterable[str] | None = None) -> nn.Module:
     """Prune ``model`` in place by weight magnitude (layer-wise or global); returns ``model``.
 
-    ``amount`` is the fraction of each layer's (or of all layers') weights that is zero after the
-    call, counting weights pruned before. Equivalent to ``torch.nn.utils.prune.l1_unstructured``
-    on each layer (``scope="layer"``) or ``global_unstructured`` (``scope="global"``).
+    ``amount`` (float: a fraction; int: a count) of each layer's (or of all layers') weights is
+    zero after the call, counting weights pruned before. On a model pruned for the first time this
+    equals ``torch.nn.utils.prune.l1_unstructured`` on each layer (``scope="layer"``) or
+    ``global_unstructured`` (``scope="global"``); on a second call torch prunes ``amount`` of what
+    *remains* instead (see the module docstring).
     """
     return apply_masks_(model, compute_masks(model, amount, scope=scope, layers=layers))
 

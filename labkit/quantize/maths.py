@@ -14,6 +14,14 @@ An integer grid of ``2**bits`` levels ``qmin..qmax`` stands in for real numbers:
 
       s = max(|min|, |max|) / ((qmax - qmin) / 2)        z = 0
 
+  At 8 bits that is ``s = max / 127.5``: ``-max`` lands on -128 but ``+max`` on 127.5, which
+  rounds to 128 and *clips* at 127 (an error of up to ``s / 2`` at the top of the range, more
+  than inside it, and a grid that is not quite symmetric). ``narrow_range=True`` drops the
+  lowest code instead, the restricted range ``[-127, 127]`` many int8 kernels use for weights
+  (TFLite's ``narrow_range``, ONNX Runtime and XNNPACK symmetric weights)::
+
+      s = max(|min|, |max|) / qmax  (= max / 127)        codes in [qmin + 1, qmax]
+
 These are PyTorch's formulas (``torch.ao.quantization`` observers), so the scales here equal
 theirs. The codes follow ``torch.quantize_per_tensor`` / ``_per_channel`` bit for bit
 (``tests/test_quantize_maths.py``): ``x / s`` is computed as ``x * (1 / s)`` with a float32
@@ -89,6 +97,13 @@ def _check_group(group_size, shape: torch.Size) -> int:
     return group_size
 
 
+def _check_narrow(narrow_range, *, symmetric: bool = True) -> bool:
+    _args.boolean("narrow_range", narrow_range)
+    if narrow_range and not symmetric:
+        raise ValueError("narrow_range=True needs symmetric=True (it drops the lowest code of a symmetric grid)")
+    return narrow_range
+
+
 def _blocks(x: torch.Tensor, granularity: str, axis: int, group_size: int | None) -> torch.Tensor:
     """View ``x`` as rows, one row per (scale, zero-point) pair."""
     if granularity == "per_tensor":
@@ -100,13 +115,16 @@ def _blocks(x: torch.Tensor, granularity: str, axis: int, group_size: int | None
 
 
 def qparams_from_minmax(min_val, max_val, *, bits: int = 8, symmetric: bool = False,
-                        signed: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        signed: bool | None = None, narrow_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float32) and zero-point (int32) from observed minima and maxima (tensors or floats).
 
     The range is first stretched to include 0. With ``signed=False`` a symmetric grid puts its
     zero-point in the middle of the unsigned range (PyTorch's ``quint8`` symmetric: 128).
+    ``narrow_range=True`` (symmetric only) leaves out the lowest code: ``s = max|x| / 127`` at
+    8 bits, so ``-max`` and ``+max`` both land on a code (pass it to :func:`quantize` too).
     """
     _args.boolean("symmetric", symmetric)
+    _check_narrow(narrow_range, symmetric=symmetric)
     signed = symmetric if signed is None else signed
     qmin, qmax = qrange(bits, signed=signed)
     lo = _args.number_or_tensor("min_val", min_val).to(torch.float32)
@@ -119,7 +137,8 @@ def qparams_from_minmax(min_val, max_val, *, bits: int = 8, symmetric: bool = Fa
         raise ValueError("min_val must be <= max_val")
     lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
     if symmetric:
-        scale = (torch.maximum(-lo, hi) / ((qmax - qmin) / 2)).clamp(min=_EPS)
+        half = (qmax - qmin - narrow_range) / 2  # 127.5 at 8 bits, or 127 with narrow_range
+        scale = (torch.maximum(-lo, hi) / half).clamp(min=_EPS)
         zp = torch.full_like(scale, 0 if signed else (qmin + qmax + 1) // 2, dtype=torch.int32)
     else:
         scale = ((hi - lo) / (qmax - qmin)).clamp(min=_EPS)
@@ -128,8 +147,8 @@ def qparams_from_minmax(min_val, max_val, *, bits: int = 8, symmetric: bool = Fa
 
 
 def choose_qparams(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, signed: bool | None = None,
-                   granularity: str = "per_tensor", axis: int = 0,
-                   group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   granularity: str = "per_tensor", axis: int = 0, group_size: int | None = None,
+                   narrow_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max scale and zero-point of ``x`` at the given granularity.
 
     Shapes: ``()`` per tensor, ``(x.shape[axis],)`` per channel, ``(*x.shape[:-1],
@@ -140,7 +159,8 @@ def choose_qparams(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, s
     if x.numel() == 0:
         raise ValueError("x is empty: nothing to choose a range from")
     rows = _blocks(x.detach(), granularity, axis, group_size)
-    scale, zp = qparams_from_minmax(rows.amin(1), rows.amax(1), bits=bits, symmetric=symmetric, signed=signed)
+    scale, zp = qparams_from_minmax(rows.amin(1), rows.amax(1), bits=bits, symmetric=symmetric, signed=signed,
+                                    narrow_range=narrow_range)
     if granularity == "per_tensor":
         return scale.reshape(()), zp.reshape(())
     if granularity == "per_group":
@@ -187,14 +207,16 @@ def _params(x_shape, scale, zero_point, axis, group_size):
 
 
 def quantize(x: torch.Tensor, scale, zero_point, *, bits: int = 8, signed: bool = False,
-             axis: int | None = None, group_size: int | None = None) -> torch.Tensor:
+             axis: int | None = None, group_size: int | None = None, narrow_range: bool = False) -> torch.Tensor:
     """Integer codes ``clamp(round(x * (1/s) + z), qmin, qmax)`` in the smallest integer dtype.
 
     ``scale`` / ``zero_point``: one value (per tensor), one per channel along ``axis``, or one
     per group of ``group_size`` along the last dimension (shapes as :func:`choose_qparams`).
+    ``narrow_range=True`` clamps to ``qmin + 1`` instead (``[-127, 127]`` at 8 bits signed).
     """
     _check_float(x)
     qmin, qmax = qrange(bits, signed=signed)
+    qmin += _check_narrow(narrow_range)
     s, z = _params(x.shape, scale, zero_point, axis, group_size)
     if bool((z < qmin).any()) or bool((z > qmax).any()):
         raise ValueError(f"zero_point must lie in [{qmin}, {qmax}] for {bits}-bit {'signed' if signed else 'unsigned'} codes")
@@ -204,16 +226,66 @@ def quantize(x: torch.Tensor, scale, zero_point, *, bits: int = 8, signed: bool 
 
 def round_scaled(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     """``round(x * (1/s) + z)`` (float32, halves to even), as PyTorch's CPU kernels compute it:
-    a float32 reciprocal, then one fused multiply-add rounded to float32 (emulated exactly in
-    float64; with ``z == 0`` a float32 product is the same thing, and faster), then
-    round-half-to-even. Not clamped."""
+    a float32 reciprocal, then one fused multiply-add rounded to float32, then
+    round-half-to-even. Not clamped.
+
+    The fused multiply-add is emulated: in float64 where the device has it (the product of two
+    float32s fits exactly in float64's 53 bits; adding ``z`` then rounds twice, to 53 and to 24
+    bits, which can differ from one rounding only on rare near-ties), and on devices without
+    float64 (Apple's MPS; see :func:`fma_dtype`) with float32 error-free transformations that
+    round exactly once (:func:`_fma_float32`). With ``z == 0`` a float32 product is the same
+    thing, and faster.
+    """
     _check_float(x)
     _args.tensor("scale", scale)
     _args.tensor("zero_point", zero_point)
     inv = 1.0 / scale.float()
     if not bool(zero_point.any()):
         return torch.round(x.float() * inv)
-    return torch.round((x.double() * inv.double() + zero_point.double()).float())
+    if fma_dtype(x.device.type) == torch.float64:
+        return torch.round((x.double() * inv.double() + zero_point.double()).float())
+    return torch.round(_fma_float32(x.float(), inv.to(x.device), zero_point.to(x.device).float()))
+
+
+def fma_dtype(device_type: str) -> torch.dtype:
+    """The dtype :func:`round_scaled` uses for its exact multiply-add on ``device_type``:
+    float64, except on ``"mps"`` (no float64 there), where it stays in float32."""
+    _args.text("device_type", device_type)
+    return torch.float32 if device_type == "mps" else torch.float64
+
+
+def _fma_float32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``a * b + c`` rounded once to float32, computed in float32 only.
+
+    Dekker's exact product ``a*b = p + e`` (Veltkamp split into 12-bit halves), then the
+    correctly rounded sum of ``p + e + c`` by Boldo and Melquiond's round-to-odd method (2008):
+    two exact sums (Knuth's TwoSum), the small parts added rounding to *odd*, one final add.
+    """
+    p = a * b
+    a_hi, a_lo = _split(a)
+    b_hi, b_lo = _split(b)
+    e = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    u_hi, u_lo = _two_sum(e, c)
+    t_hi, t_lo = _two_sum(p, u_hi)
+    v, err = _two_sum(t_lo, u_lo)
+    bits = v.view(torch.int32)  # one ulp up in magnitude is bits + 1, down is bits - 1
+    toward_err = torch.where((v > 0) == (err > 0), bits + 1, bits - 1).view(torch.float32)
+    v = torch.where((err != 0) & (bits & 1 == 0), toward_err, v)  # round to odd: odd last bit
+    return t_hi + v
+
+
+def _split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Veltkamp: ``v = hi + lo`` with each half 12 bits wide, so their products are exact."""
+    big = v * 4097.0  # 2**12 + 1
+    hi = big - (big - v)
+    return hi, v - hi
+
+
+def _two_sum(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Knuth: ``s = fl(x + y)`` and the exact error ``x + y - s``."""
+    s = x + y
+    back = s - x
+    return s, (x - (s - back)) + (y - back)
 
 
 def dequantize(codes: torch.Tensor, scale, zero_point, *, axis: int | None = None,
@@ -240,12 +312,12 @@ def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 def quantize_dequantize(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False,
                         granularity: str = "per_tensor", axis: int = 0,
-                        group_size: int | None = None) -> torch.Tensor:
+                        group_size: int | None = None, narrow_range: bool = False) -> torch.Tensor:
     """Min-max quantize then dequantize ``x``: what the network sees after quantization."""
     scale, zp = choose_qparams(x, bits=bits, symmetric=symmetric, granularity=granularity, axis=axis,
-                               group_size=group_size)
+                               group_size=group_size, narrow_range=narrow_range)
     where = granularity_kwargs(granularity, axis, group_size)
-    codes = quantize(x, scale, zp, bits=bits, signed=symmetric, **where)
+    codes = quantize(x, scale, zp, bits=bits, signed=symmetric, narrow_range=narrow_range, **where)
     return dequantize(codes, scale, zp, **where)
 
 

@@ -1,11 +1,18 @@
 """Packing low-bit codes into bytes: two 4-bit codes a byte, four 2-bit codes, eight 1-bit ones.
 
 A uint8 holds 8 bits, so ``8 // bits`` codes fit in one byte. Code ``i`` of a byte goes to bits
-``bits*i .. bits*i + bits - 1`` (the first code in the low bits, as torchao's and GGML's 4-bit
-formats do)::
+``bits*i .. bits*i + bits - 1``: the first code in the low bits::
 
     byte = (c0 & 0xF) | (c1 & 0xF) << 4            # two 4-bit codes
     c0 = byte & 0xF          c1 = byte >> 4          # and back
+
+Which code goes where is a *contract between the packer and the kernel that unpacks*, not a law
+of nature: formats differ, and packing for one and unpacking with another silently scrambles
+the weights. This layout is PyTorch's ``torch.quint4x2`` (first value in the low nibble; tested
+against it in ``tests/test_quantize_maths.py``). Others differ: torchao's tinygemm int4 layout
+packs ``w[2i] << 4 | w[2i+1]`` (first value high) before ``_convert_weight_to_int4pack``
+reorders it for the kernel, and GGML's Q4_0 pairs ``x[j]`` (low nibble) with ``x[j + 16]``
+(high nibble) inside each block of 32.
 
 Signed codes are stored in two's complement (``-1`` as 4 bits is ``0b1111``) and sign-extended
 when unpacked. This is where a 4-bit model's "8x smaller than fp32" comes from on disk; there is

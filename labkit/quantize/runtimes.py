@@ -12,7 +12,12 @@ float, so they shrink the file without speeding anything up. Speed needs int8 *k
   maintained deployment path; :mod:`labkit.export`);
 * ``torchao_int8_dynamic`` / ``torchao_int8_weight_only`` - torchao's
   ``Int8DynamicActivationInt8WeightConfig`` / ``Int8WeightOnlyConfig``, written for GPUs
-  (and ``torch.compile``); measure what they give on a CPU before relying on them.
+  and for ``torch.compile``, which fuses their quantize / matmul / rescale steps; run eagerly
+  they pay for each step separately. The ``..._compiled`` variants (:data:`COMPILED_RUNTIMES`,
+  not built by default: compiling takes tens of seconds) wrap them in ``torch.compile``.
+
+Compare speed-ups *inside one runtime* (PyTorch int8 against PyTorch fp32, ONNX Runtime int8
+against ONNX Runtime fp32): a ratio across runtimes mixes the number format with the engine.
 
 :func:`build_runtimes` prepares any of :data:`RUNTIMES` from one float model;
 :func:`measure_runtimes` times them in interleaved rounds (speed-ups are per-round ratios,
@@ -40,6 +45,7 @@ from labkit.train import evaluate
 
 RUNTIMES = ("fp32", "torch_int8", "onnx_fp32", "onnx_int8", "torchao_int8_dynamic", "torchao_int8_weight_only",
             "labkit_int8")
+COMPILED_RUNTIMES = ("torchao_int8_dynamic_compiled", "torchao_int8_weight_only_compiled")
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,11 @@ def torch_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(_float_copy(model), {nn.Linear}, dtype=torch.qint8)
 
 
-def torchao_int8(model: nn.Module, *, weight_only: bool = False, device=None) -> nn.Module:
+def torchao_int8(model: nn.Module, *, weight_only: bool = False, device=None, compile: bool = False) -> nn.Module:
     """A copy of ``model`` quantized by torchao: int8 dynamic activations and int8 weights, or
-    int8 weights only (activations stay float), on ``device`` (default: the CPU)."""
+    int8 weights only (activations stay float), on ``device`` (default: the CPU); wrapped in
+    ``torch.compile`` if ``compile`` (the first call then compiles: tens of seconds)."""
+    _args.boolean("compile", compile)
     with quiet_loggers("torchao", "torch.utils._pytree"):  # its CUDA-only extensions fail to load on a CPU: expected
         from torchao.quantization import (
             Int8DynamicActivationInt8WeightConfig,
@@ -85,7 +93,7 @@ def torchao_int8(model: nn.Module, *, weight_only: bool = False, device=None) ->
 
     m = _float_copy(model).to(torch.device(device) if device is not None else "cpu")
     quantize_(m, Int8WeightOnlyConfig() if weight_only else Int8DynamicActivationInt8WeightConfig())
-    return m
+    return torch.compile(m) if compile else m
 
 
 def build_runtimes(model: nn.Module, example_inputs, *, names: Sequence[str] = RUNTIMES,
@@ -99,7 +107,7 @@ def build_runtimes(model: nn.Module, example_inputs, *, names: Sequence[str] = R
     fp32 = _float_copy(model)
     inputs = _args.tensors("example_inputs", example_inputs)
     for i, n in enumerate(_args.sequence("names", names, non_empty=True)):
-        _args.choice(f"names[{i}]", n, RUNTIMES)
+        _args.choice(f"names[{i}]", n, RUNTIMES + COMPILED_RUNTIMES)
     dev = str(check_device(device)) if device is not None else "cpu"
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="labkit_runtimes_"))
     out: dict[str, Runtime] = {}
@@ -119,8 +127,10 @@ def build_runtimes(model: nn.Module, example_inputs, *, names: Sequence[str] = R
             m = OnnxModule(path)
             out[name] = Runtime(name, m, m.size_bytes, note="ONNX Runtime, CPU" + (", dynamic int8" if name == "onnx_int8" else ""))
         elif name.startswith("torchao"):
-            m = torchao_int8(fp32, weight_only=name.endswith("weight_only"), device=dev)
-            out[name] = Runtime(name, m, size_on_disk(m), device=dev, note=f"torchao on {dev}")
+            compiled = name.endswith("_compiled")
+            m = torchao_int8(fp32, weight_only="weight_only" in name, device=dev, compile=compiled)
+            size = size_on_disk(m._orig_mod if compiled else m)
+            out[name] = Runtime(name, m, size, device=dev, note=f"torchao on {dev}" + (", torch.compile" if compiled else ", eager"))
         else:  # labkit_int8
             m = quantize_(copy.deepcopy(fp32), DynamicActivationConfig())
             out[name] = Runtime(name, m, size_on_disk(m), note="labkit int8 storage, float compute (a simulation)")

@@ -160,6 +160,8 @@ OVERRIDES.update({
     "run_onnx": {"model": _onnx_file}, "OnnxModule": {"path": _onnx_file}, "onnx_session": {"path": _onnx_file},
     "quantize_onnx": {"path": _onnx_file}, "strip_onnx_metadata": {"path": _onnx_file},
     "load_int8_weight_onnx": {"path": _onnx_file},
+    "quantize_onnx_static": {"path": _onnx_file, "calibration": lambda c: c.x}, "runtime_ops": {"path": _onnx_file},
+    "CsrLinear": {"linear": lambda c: nn.Linear(4, 4)},
     "measure_steps": {"steps": lambda c: [_import("labkit.compress.Step")("a", c.model)]},
     "step_gains": {"rows": lambda c: [{"step": s, "size_kb": 1.0, "latency_ms": 1.0, "mflops": 1.0} for s in "ab"]},
     "pareto_front": {"rows": lambda c: [{"step": "a", "size_kb": 1.0, "accuracy": 0.9}], "x": lambda c: "size_kb"},
