@@ -139,3 +139,28 @@ def test_bad_input(mlp_onnx, tmp_path):
         quantize_onnx(path, tmp_path / "q.onnx", weight_type="int4")
     with pytest.raises(ValueError, match=r"out_path must be a \.onnx file"):
         quantize_onnx(path, tmp_path / "q.bin")
+
+
+@pytest.mark.parametrize("flags,risk", [({"avx2"}, True), ({"avx2", "avx512f"}, True), ({"avx2", "avx_vnni"}, False),
+                                        ({"avx512f", "avx512_vnni"}, False), ({"neon"}, False), (set(), False)])
+def test_int8_saturation_risk_on_x86_without_vnni(flags, risk):
+    from labkit.devices import int8_saturation_risk
+
+    assert int8_saturation_risk(flags) is risk
+
+
+@pytest.mark.parametrize("risk,given,expected", [(True, None, True), (False, None, False), (True, False, False),
+                                                 (False, True, True)])
+def test_quantize_onnx_reduces_range_where_int8_can_saturate(mlp_onnx, tmp_path, monkeypatch, risk, given, expected):
+    import onnxruntime.quantization as ortq
+
+    import labkit.export as ex
+
+    seen = {}
+    real = ortq.quantize_dynamic
+    monkeypatch.setattr(ex, "int8_saturation_risk", lambda: risk)
+    monkeypatch.setattr(ortq, "quantize_dynamic", lambda *a, **k: (seen.update(k), real(*a, **k))[1])
+    quantize_onnx(mlp_onnx[1], tmp_path / "q.onnx", reduce_range=given)
+    assert seen["reduce_range"] is expected
+    with pytest.raises(TypeError, match="reduce_range"):
+        quantize_onnx(mlp_onnx[1], tmp_path / "q2.onnx", reduce_range="yes")
