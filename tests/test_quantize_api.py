@@ -108,13 +108,17 @@ def test_qat_improves_on_ptq_at_low_bits_and_converts_exactly(trained):
     # 2 bits: PTQ loses more there, so "QAT beats PTQ" has a margin of a few test images
     # (at 3 bits the two were within one test image of each other and the order flipped).
     model, loaders, acc = trained
+    # A loader of our own, freshly seeded: the shared one's shuffle order depends on which tests
+    # ran before, and that flipped the result when the margin was thin.
+    train = torch.utils.data.DataLoader(loaders["train"].dataset, batch_size=64, shuffle=True,
+                                        generator=torch.Generator().manual_seed(1))
     cfg = StaticActivationConfig(weight_bits=2, act_bits=2)
-    ptq = quantize_(copy.deepcopy(model), cfg, calibration_data=loaders["train"])
+    ptq = quantize_(copy.deepcopy(model), cfg, calibration_data=train)
     ptq_acc = evaluate(ptq, loaders["test"], device="cpu")["accuracy"]
     seed_everything(1)
     qat = quantize_(copy.deepcopy(model), QATConfig(cfg))
     assert all(isinstance(m, FakeQuantized) for _, m in quantized_layers(qat))
-    fit(qat, loaders["train"], epochs=4, lr=1e-3, progress=False, device="cpu")
+    fit(qat, train, epochs=4, lr=1e-3, progress=False, device="cpu")
     x = next(iter(loaders["test"]))[0]
     qat.eval()
     fake = qat(x)
