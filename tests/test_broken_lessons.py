@@ -111,7 +111,7 @@ def _broken_copy(lesson: str):
     (path,) = LESSONS.glob(f"{lesson}_*.ipynb")
     nb = nbformat.read(path, as_version=4)
     module, name, broken = BROKEN[lesson]
-    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("id") != "colab-setup")
     nb.cells.insert(first + 1, new_code_cell(PATCH.format(module=module, name=name, broken=broken.strip()),
                                              id="broken-on-purpose"))
     return path, nb
@@ -137,7 +137,8 @@ def test_final_asserts_catch_the_broken_technique(lesson):
         client.execute(env=env)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
     errors = [(i, e) for i in code if (e := _error(nb.cells[i]))]
-    assert nb.cells[code[1]].outputs and "broken on purpose" in str(nb.cells[code[1]].outputs), "the patch did not run"
+    patch = next(i for i, c in enumerate(nb.cells) if c.get("id") == "broken-on-purpose")
+    assert nb.cells[patch].outputs and "broken on purpose" in str(nb.cells[patch].outputs), "the patch did not run"
     assert len(errors) == 1 and errors[0][0] == code[-1], f"stopped in cell {errors[0][0] if errors else None}, " \
         f"not the final asserts (cell {code[-1]}): {errors}"
     assert errors[0][1][0] == "AssertionError", errors
