@@ -156,7 +156,7 @@ def _check_slots(slots, name: str = "slots") -> list[Slot]:
 def idle_fraction(slots: Sequence[Slot]) -> float:
     """Measured bubble of any timed schedule: ``1 - busy / (stages x makespan)``.
 
-    Planned slots give exactly :func:`bubble_fraction`; measured slots (seconds) give the real
+    Planned slots give :func:`bubble_fraction` (up to float rounding); measured slots (seconds) give the real
     idle share, waiting on communication included.
     """
     slots = _check_slots(slots)
