@@ -1,29 +1,39 @@
-"""Fast mode still means something: each lesson's final asserts catch its central technique broken.
+"""The student set, broken on purpose: each lesson's final asserts catch its technique broken,
+and a learner's unfinished notebook runs to them with every exercise reported "not done".
 
-CI runs the lessons with ``LABKIT_FAST=1``. For each of lessons 01-08 this test copies the
-notebook, inserts right after its imports a cell that swaps ONE central labkit function for a
-plausibly broken version (everywhere it is bound: its module, the labkit modules that imported
-it, the notebook's own names), runs the copy headless in fast mode, and asserts that the run
-stops in the LAST code cell - the lesson's asserts - with an AssertionError. An earlier crash
-would prove nothing about the asserts, so it fails the test.
+CI runs the lessons with ``LABKIT_FAST=1``. For each lesson this test builds the *student*
+version (solutions stubbed, as ``labkit student`` writes it) and, for lessons 01-08, inserts right
+after its imports a cell that swaps ONE central labkit function for a plausibly broken version
+(everywhere it is bound: its module, the labkit modules that imported it, the notebook's own
+names). It runs the copy headless in fast mode, like ``labkit grade``, and asserts that
+
+* every exercise reports "not done" (a stubbed solution never crashes the notebook), and
+* the run stops in the LAST code cell - the lesson's asserts - with an AssertionError (lessons 00
+  and 09, not broken, run to the end with no error). An earlier crash would prove nothing about
+  the asserts, so it fails the test.
+
+One run per lesson checks both, which halves what the suite spends on running notebooks. That the
+unbroken student notebooks would *pass* their final asserts follows from nbval's run of the real
+lessons plus ``test_final_asserts_never_use_a_learners_answer``: the final cell reads nothing that
+a solution computes.
 
 Workers that run in other processes (lessons 03 and 04) import labkit afresh, so a patch in the
 notebook's kernel never reaches them; those lessons break a function the notebook itself calls
 and whose result the final cell checks (the single-process reference of 03, the schedule
-simulator of 04). Each run costs about a minute of CPU: the lessons run once each, in fast mode.
+simulator of 04). Each run costs about half a minute of CPU: the lessons run once each, in fast mode.
 """
 
 from __future__ import annotations
 
-import os
+import ast
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell
+
+from labkit.classroom import exercise_names, make_student, run_notebook
 
 LESSONS = Path(__file__).parent.parent / "notebooks"
 
@@ -107,42 +117,129 @@ def _broken(model):
 }
 
 
-def _broken_copy(lesson: str):
+def _lesson(lesson: str) -> tuple[Path, nbformat.NotebookNode]:
     (path,) = LESSONS.glob(f"{lesson}_*.ipynb")
-    nb = nbformat.read(path, as_version=4)
-    module, name, broken = BROKEN[lesson]
-    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("id") != "colab-setup")
-    nb.cells.insert(first + 1, new_code_cell(PATCH.format(module=module, name=name, broken=broken.strip()),
-                                             id="broken-on-purpose"))
-    return path, nb
+    return path, nbformat.read(path, as_version=4)
 
 
-def _error(cell) -> tuple[str, str] | None:
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "error":
-            return out["ename"], out["evalue"]
-    return None
+def _student_copy(lesson: str):
+    """The student version of a lesson; for lessons in BROKEN, with the patch cell after the imports."""
+    path, nb = _lesson(lesson)
+    student = make_student(nb, name=path.name)
+    if lesson in BROKEN:
+        module, name, broken = BROKEN[lesson]
+        first = next(i for i, c in enumerate(student.cells)
+                     if c.cell_type == "code" and c.get("id") != "colab-setup")
+        student.cells.insert(first + 1, new_code_cell(PATCH.format(module=module, name=name, broken=broken.strip()),
+                                                      id="broken-on-purpose"))
+    return path, nb, student
+
+
+def _code_cells(nb) -> list[int]:
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+
+
+def _traceback(cell) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(line for o in cell.outputs if o.get("output_type") == "error"
+                                                 for line in o["traceback"]))
+
+
+ALL_LESSONS = sorted(p.name[:2] for p in LESSONS.glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("lesson", [pytest.param(k, marks=pytest.mark.dist) if k in ("03", "04") else k
-                                    for k in sorted(BROKEN)])
-def test_final_asserts_catch_the_broken_technique(lesson):
-    path, nb = _broken_copy(lesson)
-    env = {**os.environ, "LABKIT_FAST": "1", "LABKIT_STATIC_WIDGETS": "1"}
-    client = NotebookClient(nb, kernel_name="python3", timeout=600,
-                            resources={"metadata": {"path": str(path.parent.resolve())}})
-    with pytest.raises(CellExecutionError):
-        client.execute(env=env)
-    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
-    errors = [(i, e) for i in code if (e := _error(nb.cells[i]))]
-    patch = next(i for i, c in enumerate(nb.cells) if c.get("id") == "broken-on-purpose")
-    assert nb.cells[patch].outputs and "broken on purpose" in str(nb.cells[patch].outputs), "the patch did not run"
-    assert len(errors) == 1 and errors[0][0] == code[-1], f"stopped in cell {errors[0][0] if errors else None}, " \
-        f"not the final asserts (cell {code[-1]}): {errors}"
-    assert errors[0][1][0] == "AssertionError", errors
-    tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(line for o in nb.cells[code[-1]].outputs
-                                                  if o.get("output_type") == "error" for line in o["traceback"]))
-    failed = next((line.strip() for line in tb.splitlines() if line.lstrip().startswith("---->")), "?")
-    print(f"lesson {lesson}: the final asserts failed as they should, at {failed}")
+                                    for k in ALL_LESSONS])
+def test_student_lesson_reports_not_done_and_its_final_asserts_catch_the_broken_technique(lesson):
+    path, source, student = _student_copy(lesson)
+    run = run_notebook(path, nb=student, fast=True, timeout=600)
+    problems = []
+    names = exercise_names(source)
+    statuses = {v.exercise: v.status for v in run.verdicts}
+    if len(names) < 3 or list(statuses) != names:
+        problems.append(f"exercises {names}, reported {list(statuses)}")
+    problems += [f"{n} is '{s}', not 'not done'" for n, s in statuses.items() if s != "not done"]
+    if run.timed_out or run.kernel_died:
+        problems.append(f"{run.state}: {run.errors}")
+    code = _code_cells(run.nb)
+    if lesson not in BROKEN:
+        if not run.ran_to_end or run.errors:
+            problems.append(f"the unbroken student notebook did not run to the end: {run.state} {run.errors}")
+    else:
+        patch = next(i for i, c in enumerate(run.nb.cells) if c.get("id") == "broken-on-purpose")
+        if "broken on purpose" not in str(run.nb.cells[patch].outputs):
+            problems.append("the patch did not run")
+        final = f"cell {code[-1]}: AssertionError"
+        if len(run.errors) != 1 or not run.errors[0].startswith(final):
+            problems.append(f"expected one error, an AssertionError in the final asserts (cell {code[-1]}); "
+                            f"got {run.errors}")
+        else:
+            failed = next((ln.strip() for ln in _traceback(run.nb.cells[code[-1]]).splitlines()
+                           if ln.lstrip().startswith("---->")), "?")
+            print(f"lesson {lesson}: the final asserts failed as they should, at {failed}")
+    assert not problems, f"{path.name} (student version, {run.seconds:.0f} s):\n" + "\n".join(problems)
+
+
+_INNER_SCOPES = (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ListComp, ast.SetComp,
+                 ast.DictComp, ast.GeneratorExp)
+
+
+def _names(node, ctx) -> set[str]:
+    """Names ``node`` reads (``ast.Load``, inner scopes included) or binds in its own scope (``ast.Store``)."""
+    if ctx is ast.Load:
+        return {x.id for x in ast.walk(node) if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Load)}
+    found, todo = set(), [node]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Store):
+            found.add(x.id)
+        todo += [c for c in ast.iter_child_nodes(x) if not isinstance(c, _INNER_SCOPES)]
+    return found
+
+
+def _solution_names(nb) -> set[str]:
+    """Names whose value a learner's solution decides: functions and classes holding a solution block,
+    names bound inside one, and (in notebook order) any top-level name assigned from those."""
+    tainted: set[str] = set()
+    for i in _code_cells(nb):
+        src = nb.cells[i].source
+        lines = src.splitlines()
+        inside, solution_lines = False, set()
+        for n, line in enumerate(lines, 1):
+            if "### BEGIN SOLUTION" in line:
+                inside = True
+            elif "### END SOLUTION" in line:
+                inside = False
+            elif inside:
+                solution_lines.add(n)
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:  # IPython magics: no solution blocks there
+            continue
+        for node in tree.body:
+            span = set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+            reads = _names(node, ast.Load)
+            bound = ({node.name} if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                     else _names(node, ast.Store))
+            if span & solution_lines or reads & tainted:
+                tainted |= bound
+    return tainted
+
+
+@pytest.mark.parametrize("lesson", ALL_LESSONS)
+def test_final_asserts_never_use_a_learners_answer(lesson):
+    """A learner who skips the exercises still passes the lesson's own final asserts."""
+    _, nb = _lesson(lesson)
+    final = ast.parse(nb.cells[_code_cells(nb)[-1]].source)
+    used = _names(final, ast.Load) - _names(final, ast.Store)  # its own loop variables are its own
+    assert not used & _solution_names(nb), f"the final cell reads {sorted(used & _solution_names(nb))}"
+
+
+def test_solution_names_follow_answers_through_assignments():
+    nb = nbformat.v4.new_notebook(cells=[
+        new_code_cell("def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n\ndata = 3"),
+        new_code_cell("y = f(data)\nz = data + 1"),
+        new_code_cell("w = [y]\ncheck(lambda: [f(k) for k in range(3)])"),
+    ])
+    assert _solution_names(nb) == {"f", "y", "w"}  # not data, z, nor the comprehension's k
