@@ -14,6 +14,13 @@ The sub-modules, in teaching order:
 * :mod:`~labkit.quantize.runtimes` - *real* int8 inference: PyTorch's dynamic int8 Linear,
   ONNX Runtime's dynamic quantization, torchao; measured side by side.
 
+Compressing a language model the way LLMs are compressed (lesson 06 §7-§8):
+
+* :mod:`~labkit.quantize.groupwise` - group-wise round-to-nearest (RTN) with fp16 scales, honest
+  bits per weight, applied to every Linear of a model;
+* :mod:`~labkit.quantize.calibration` - each Linear's inputs on calibration batches (hooks);
+* :mod:`~labkit.quantize.gptq` - GPTQ's error feedback through the inverse Hessian;
+
 Everything public is importable from ``labkit.quantize`` directly.
 """
 
@@ -27,7 +34,16 @@ from labkit.quantize.api import (
                                  quantize_,
                                  quantized_layers,
 )
+from labkit.quantize.calibration import capture_inputs, channel_stats, hessian
 from labkit.quantize.fake import FakeQuantize, fake_quantize
+from labkit.quantize.gptq import gptq_quantize_, gptq_weight, layer_error, obs_reference
+from labkit.quantize.groupwise import (
+                                 bits_per_weight,
+                                 linear_names,
+                                 quantize_linears_,
+                                 rtn_quantize_,
+                                 rtn_weight,
+)
 from labkit.quantize.maths import (
                                  GRANULARITIES,
                                  check_bits,
@@ -61,4 +77,6 @@ __all__ = [
     "calibrate", "fake_quantize", "FakeQuantize", "WeightSpec", "FakeQuantized", "QuantizedLinear",
     "QuantizedConv2d", "WeightOnlyConfig", "DynamicActivationConfig", "StaticActivationConfig", "QATConfig",
     "quantize_", "prepare_", "convert_", "quantized_layers",
+    "capture_inputs", "hessian", "channel_stats", "rtn_weight", "rtn_quantize_", "bits_per_weight", "linear_names",
+    "quantize_linears_", "gptq_weight", "gptq_quantize_", "obs_reference", "layer_error",
 ]
