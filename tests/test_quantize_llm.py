@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from labkit.lm.model import GPT, get_config
-from labkit.quantize.calibration import capture_inputs, channel_stats, hessian
-from labkit.quantize.gptq import gptq_quantize_, gptq_weight, layer_error, obs_reference
+from labkit.quantize.calibration import capture_inputs, channel_stats, hessian, layer_error
+from labkit.quantize.gptq import gptq_quantize_, gptq_weight, obs_reference
 from labkit.quantize.groupwise import bits_per_weight, linear_names, rtn_quantize_, rtn_weight
 from labkit.quantize.maths import quantize_dequantize
 

@@ -20,6 +20,10 @@ Compressing a language model the way LLMs are compressed (lesson 06 §7-§8):
   bits per weight, applied to every Linear of a model;
 * :mod:`~labkit.quantize.calibration` - each Linear's inputs on calibration batches (hooks);
 * :mod:`~labkit.quantize.gptq` - GPTQ's error feedback through the inverse Hessian;
+* :mod:`~labkit.quantize.migration` - moving a per-channel scale between two layers, exactly
+  (and injecting function-preserving outliers with it);
+* :mod:`~labkit.quantize.awq` - AWQ's activation-aware scale search;
+* :mod:`~labkit.quantize.smoothquant` - W8A8 per-tensor fake quantization and SmoothQuant;
 
 Everything public is importable from ``labkit.quantize`` directly.
 """
@@ -34,9 +38,10 @@ from labkit.quantize.api import (
                                  quantize_,
                                  quantized_layers,
 )
-from labkit.quantize.calibration import capture_inputs, channel_stats, hessian
+from labkit.quantize.awq import awq_quantize_, awq_scales, awq_search
+from labkit.quantize.calibration import capture_inputs, channel_stats, hessian, layer_error
 from labkit.quantize.fake import FakeQuantize, fake_quantize
-from labkit.quantize.gptq import gptq_quantize_, gptq_weight, layer_error, obs_reference
+from labkit.quantize.gptq import gptq_quantize_, gptq_weight, obs_reference
 from labkit.quantize.groupwise import (
                                  bits_per_weight,
                                  linear_names,
@@ -57,6 +62,7 @@ from labkit.quantize.maths import (
                                  quantize_dequantize,
                                  sqnr_db,
 )
+from labkit.quantize.migration import inject_outliers_, layernorm_pairs, migrate_scale_
 from labkit.quantize.modules import FakeQuantized, QuantizedConv2d, QuantizedLinear, WeightSpec
 from labkit.quantize.observers import (
                                  MinMaxObserver,
@@ -68,6 +74,7 @@ from labkit.quantize.observers import (
                                  make_observer,
 )
 from labkit.quantize.packing import pack_bits, pack_int4, packed_nbytes, unpack_bits, unpack_int4
+from labkit.quantize.smoothquant import W8A8Linear, act_ranges, smooth_, smooth_scales, w8a8_
 
 __all__ = [
     "GRANULARITIES", "check_bits", "qrange", "code_dtype", "qparams_from_minmax", "choose_qparams", "quantize",
@@ -79,4 +86,6 @@ __all__ = [
     "quantize_", "prepare_", "convert_", "quantized_layers",
     "capture_inputs", "hessian", "channel_stats", "rtn_weight", "rtn_quantize_", "bits_per_weight", "linear_names",
     "quantize_linears_", "gptq_weight", "gptq_quantize_", "obs_reference", "layer_error",
+    "migrate_scale_", "layernorm_pairs", "inject_outliers_", "awq_scales", "awq_search", "awq_quantize_",
+    "smooth_scales", "smooth_", "act_ranges", "W8A8Linear", "w8a8_",
 ]

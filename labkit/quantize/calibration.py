@@ -6,6 +6,7 @@ reach it. From them:
 
 * :func:`hessian` - ``H = 2 X^T X`` (``(K, K)``), the curvature of the layer's squared output
   error ``||X W^T - X W_hat^T||^2`` with respect to each weight row (GPTQ);
+* :func:`layer_error` - the objective GPTQ and AWQ lower: ``mean_t ||x_t W^T - x_t W_hat^T||^2``;
 * :func:`channel_stats` - per input channel ``max_t |X[t, j]|`` (SmoothQuant) and
   ``mean_t |X[t, j]|`` (AWQ's activation salience).
 
@@ -74,3 +75,12 @@ def channel_stats(x: torch.Tensor, *, in_features: int | None = None) -> dict[st
     """Per input channel ``{"absmax": max_t |X_tj|, "absmean": mean_t |X_tj|}`` (float32, ``(K,)``)."""
     a = _check_inputs(x, in_features).abs()
     return {"absmax": a.amax(0), "absmean": a.mean(0)}
+
+
+def layer_error(weight: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> float:
+    """GPTQ's objective: ``mean_t ||x_t W^T - x_t W_hat^T||^2`` over the calibration rows ``x``."""
+    _args.tensor("weight", weight, dtype="floating", ndim=2)
+    _args.tensor("w_hat", w_hat, dtype="floating", shape=tuple(weight.shape))
+    _args.tensor("x", x, dtype="floating", shape=(None, weight.shape[1]))
+    d = x.detach().double() @ (weight.detach().double() - w_hat.detach().double()).T
+    return float((d**2).sum(1).mean())

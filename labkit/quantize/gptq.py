@@ -123,15 +123,6 @@ def gptq_weight(weight: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_s
     return q.float()
 
 
-def layer_error(weight: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> float:
-    """GPTQ's objective: ``mean_t ||x_t W^T - x_t W_hat^T||^2`` over the calibration rows ``x``."""
-    _args.tensor("weight", weight, dtype="floating", ndim=2)
-    _args.tensor("w_hat", w_hat, dtype="floating", shape=tuple(weight.shape))
-    _args.tensor("x", x, dtype="floating", shape=(None, weight.shape[1]))
-    d = x.detach().double() @ (weight.detach().double() - w_hat.detach().double()).T
-    return float((d**2).sum(1).mean())
-
-
 def gptq_quantize_(model: nn.Module, batches, *, bits: int = 4, group_size: int | None = 128,
                    symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
                    skip: tuple[str, ...] = ("head",)) -> nn.Module:
