@@ -24,6 +24,7 @@ Compressing a language model the way LLMs are compressed (lesson 06 §7-§8):
   (and injecting function-preserving outliers with it);
 * :mod:`~labkit.quantize.awq` - AWQ's activation-aware scale search;
 * :mod:`~labkit.quantize.smoothquant` - W8A8 per-tensor fake quantization and SmoothQuant;
+* :mod:`~labkit.quantize.formats` - fp8 (e4m3, e5m2) and NF4 fake quantization;
 
 Everything public is importable from ``labkit.quantize`` directly.
 """
@@ -41,6 +42,15 @@ from labkit.quantize.api import (
 from labkit.quantize.awq import awq_quantize_, awq_scales, awq_search
 from labkit.quantize.calibration import capture_inputs, channel_stats, hessian, layer_error
 from labkit.quantize.fake import FakeQuantize, fake_quantize
+from labkit.quantize.formats import (
+    FP8_FORMATS,
+    NF4_VALUES,
+    fake_quant_fp8,
+    fake_quant_nf4,
+    format_points,
+    fp8_values,
+    round_to_values,
+)
 from labkit.quantize.gptq import gptq_quantize_, gptq_weight, obs_reference
 from labkit.quantize.groupwise import (
                                  bits_per_weight,
@@ -88,4 +98,5 @@ __all__ = [
     "quantize_linears_", "gptq_weight", "gptq_quantize_", "obs_reference", "layer_error",
     "migrate_scale_", "layernorm_pairs", "inject_outliers_", "awq_scales", "awq_search", "awq_quantize_",
     "smooth_scales", "smooth_", "act_ranges", "W8A8Linear", "w8a8_",
+    "FP8_FORMATS", "NF4_VALUES", "fp8_values", "round_to_values", "fake_quant_fp8", "fake_quant_nf4", "format_points",
 ]
