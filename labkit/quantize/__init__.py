@@ -25,6 +25,7 @@ Compressing a language model the way LLMs are compressed (lesson 06 §7-§8):
 * :mod:`~labkit.quantize.awq` - AWQ's activation-aware scale search;
 * :mod:`~labkit.quantize.smoothquant` - W8A8 per-tensor fake quantization and SmoothQuant;
 * :mod:`~labkit.quantize.formats` - fp8 (e4m3, e5m2) and NF4 fake quantization;
+* :mod:`~labkit.quantize.lm_study` - the perplexity tables on the course language model.
 
 Everything public is importable from ``labkit.quantize`` directly.
 """
@@ -43,13 +44,13 @@ from labkit.quantize.awq import awq_quantize_, awq_scales, awq_search
 from labkit.quantize.calibration import capture_inputs, channel_stats, hessian, layer_error
 from labkit.quantize.fake import FakeQuantize, fake_quantize
 from labkit.quantize.formats import (
-    FP8_FORMATS,
-    NF4_VALUES,
-    fake_quant_fp8,
-    fake_quant_nf4,
-    format_points,
-    fp8_values,
-    round_to_values,
+                                 FP8_FORMATS,
+                                 NF4_VALUES,
+                                 fake_quant_fp8,
+                                 fake_quant_nf4,
+                                 format_points,
+                                 fp8_values,
+                                 round_to_values,
 )
 from labkit.quantize.gptq import gptq_quantize_, gptq_weight, obs_reference
 from labkit.quantize.groupwise import (
@@ -59,6 +60,7 @@ from labkit.quantize.groupwise import (
                                  rtn_quantize_,
                                  rtn_weight,
 )
+from labkit.quantize.lm_study import calibration_batches, gap_closed, outlier_rows, weight_only_rows
 from labkit.quantize.maths import (
                                  GRANULARITIES,
                                  check_bits,
@@ -99,4 +101,5 @@ __all__ = [
     "migrate_scale_", "layernorm_pairs", "inject_outliers_", "awq_scales", "awq_search", "awq_quantize_",
     "smooth_scales", "smooth_", "act_ranges", "W8A8Linear", "w8a8_",
     "FP8_FORMATS", "NF4_VALUES", "fp8_values", "round_to_values", "fake_quant_fp8", "fake_quant_nf4", "format_points",
+    "calibration_batches", "weight_only_rows", "gap_closed", "outlier_rows",
 ]
