@@ -8,7 +8,7 @@ from torch import nn
 
 from labkit.lm.model import GPT, get_config
 from labkit.quantize.calibration import capture_inputs, channel_stats, hessian, layer_error
-from labkit.quantize.gptq import gptq_quantize_, gptq_weight, obs_reference
+from labkit.quantize.gptq import column_update, gptq_quantize_, gptq_weight, obs_reference
 from labkit.quantize.groupwise import bits_per_weight, linear_names, rtn_quantize_, rtn_weight
 from labkit.quantize.maths import quantize_dequantize
 
@@ -116,3 +116,10 @@ def test_bad_inputs_are_refused():
         capture_inputs(nn.Sequential(nn.ReLU()), [torch.randn(1, 2)], ["0"])
     with pytest.raises(ValueError, match="empty"):
         capture_inputs(nn.Sequential(nn.Linear(2, 2)), [], ["0"])
+
+
+def test_column_update_hand_example():
+    w = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]])
+    err = column_update(w, 1, torch.tensor([1.5, 0.0]), torch.tensor([0.0, 2.0, 1.0]))
+    assert err.tolist() == [0.25, 0.0]  # (2 - 1.5) / 2
+    assert w.tolist() == [[1.0, 1.5, 2.75], [0.5, 0.0, -1.0]]  # column 1 -> q, column 2 -= 0.25 * 1

@@ -52,7 +52,7 @@ from labkit.quantize.formats import (
                                  fp8_values,
                                  round_to_values,
 )
-from labkit.quantize.gptq import gptq_quantize_, gptq_weight, obs_reference
+from labkit.quantize.gptq import column_update, gptq_quantize_, gptq_weight, obs_reference
 from labkit.quantize.groupwise import (
                                  bits_per_weight,
                                  linear_names,
@@ -97,7 +97,7 @@ __all__ = [
     "QuantizedConv2d", "WeightOnlyConfig", "DynamicActivationConfig", "StaticActivationConfig", "QATConfig",
     "quantize_", "prepare_", "convert_", "quantized_layers",
     "capture_inputs", "hessian", "channel_stats", "rtn_weight", "rtn_quantize_", "bits_per_weight", "linear_names",
-    "quantize_linears_", "gptq_weight", "gptq_quantize_", "obs_reference", "layer_error",
+    "quantize_linears_", "column_update", "gptq_weight", "gptq_quantize_", "obs_reference", "layer_error",
     "migrate_scale_", "layernorm_pairs", "inject_outliers_", "awq_scales", "awq_search", "awq_quantize_",
     "smooth_scales", "smooth_", "act_ranges", "W8A8Linear", "w8a8_",
     "FP8_FORMATS", "NF4_VALUES", "fp8_values", "round_to_values", "fake_quant_fp8", "fake_quant_nf4", "format_points",

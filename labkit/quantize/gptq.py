@@ -72,6 +72,24 @@ def _quantizer(bits: int, symmetric: bool):
     return fit, apply
 
 
+def column_update(w: torch.Tensor, i: int, q: torch.Tensor, h_inv_row: torch.Tensor) -> torch.Tensor:
+    """One step of OBS / GPTQ, in place: column ``i`` of ``w`` has been rounded to ``q``; spread its
+    error over the columns from ``i`` on, through row ``i`` of the (eliminated or Cholesky) inverse
+    Hessian, and return the scaled error ``(w_i - q) / h_inv_row[i]``::
+
+        err = (w[:, i] - q) / h_inv_row[i]        w[:, i:] -= err h_inv_row[i:]
+
+    (Column ``i`` itself becomes ``q``.) The exercise of lesson 06 §7.
+    """
+    _args.tensor("w", w, dtype="floating", ndim=2)
+    i = _args.integer("i", i, minimum=0, maximum=w.shape[1] - 1)
+    _args.tensor("q", q, dtype="floating", shape=(w.shape[0],))
+    _args.tensor("h_inv_row", h_inv_row, dtype="floating", shape=(w.shape[1],))
+    err = (w[:, i] - q.to(w.dtype)) / h_inv_row[i]
+    w[:, i:] -= err[:, None] * h_inv_row[None, i:].to(w.dtype)
+    return err
+
+
 def obs_reference(weight: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_size: int | None = None,
                   symmetric: bool = False, damp: float = 0.01) -> torch.Tensor:
     """The straightforward OBS loop (no Cholesky, no blocks): quantize column ``i``, update the
@@ -87,8 +105,7 @@ def obs_reference(weight: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group
         if i % g == 0:
             scale, zero = fit(w[:, i:i + g])
         q[:, i] = apply(w[:, i], scale, zero)
-        err = (w[:, i] - q[:, i]) / hinv[i, i]
-        w[:, i:] -= err[:, None] * hinv[i, i:][None, :]
+        column_update(w, i, q[:, i], hinv[i])
         hinv = hinv - hinv[:, i:i + 1] @ hinv[i:i + 1, :] / hinv[i, i]
     return q.float()
 
@@ -117,8 +134,7 @@ def gptq_weight(weight: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_s
                 later = w[:, i2:col + g] - err1[:, :i] @ u[i1:col, i2:col + g]
                 scale, zero = fit(torch.cat([w1[:, i:], later], dim=1)[:, :g])
             q[:, col] = apply(w1[:, i], scale, zero)
-            err1[:, i] = (w1[:, i] - q[:, col]) / u[col, col]
-            w1[:, i:] -= err1[:, i:i + 1] * u[col, col:i2][None, :]
+            err1[:, i] = column_update(w1, i, q[:, col], u[col, i1:i2])
         w[:, i2:] -= err1 @ u[i1:i2, i2:]
     return q.float()
 
