@@ -11,8 +11,9 @@ reach it. From them:
   ``mean_t |X[t, j]|`` (AWQ's activation salience).
 
 The hooks are removed when :func:`capture_inputs` returns, also on error. The inputs are those of
-the *float* model (GPTQ's reference code re-runs each layer on the already-quantized earlier ones;
-on a 4-layer model the difference is small, and one pass keeps it simple). Used by lesson 06 §7-§8.
+the *float* model: GPTQ's reference code instead feeds each layer the outputs of the already
+quantized earlier layers. One pass is simpler; the two have not been compared here. Used by
+lesson 06 §7-§8.
 """
 
 from __future__ import annotations
