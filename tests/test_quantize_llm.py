@@ -123,3 +123,15 @@ def test_column_update_hand_example():
     err = column_update(w, 1, torch.tensor([1.5, 0.0]), torch.tensor([0.0, 2.0, 1.0]))
     assert err.tolist() == [0.25, 0.0]  # (2 - 1.5) / 2
     assert w.tolist() == [[1.0, 1.5, 2.75], [0.5, 0.0, -1.0]]  # column 1 -> q, column 2 -= 0.25 * 1
+
+
+def test_act_order_is_gptq_on_the_permuted_problem():
+    x, g = _correlated(32, 256, seed=5)
+    x = x * torch.linspace(0.2, 3.0, 32)  # uneven input energies, so the order matters
+    w = torch.randn(6, 32, generator=g)
+    h = hessian(x)
+    perm = torch.argsort(torch.diag(h), descending=True)
+    want = gptq_weight(w[:, perm], h[perm][:, perm], bits=3, group_size=16)
+    got = gptq_weight(w, h, bits=3, group_size=16, act_order=True)
+    assert torch.equal(got[:, perm], want)
+    assert not torch.equal(got, gptq_weight(w, h, bits=3, group_size=16))

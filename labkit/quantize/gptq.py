@@ -111,11 +111,23 @@ def obs_reference(weight: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group
 
 
 def gptq_weight(weight: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_size: int | None = 128,
-                symmetric: bool = False, damp: float = 0.01, block_size: int = 128) -> torch.Tensor:
+                symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
+                act_order: bool = False) -> torch.Tensor:
     """GPTQ-quantized ``W_hat`` (float32, ``(N, K)``) of ``weight`` given the Hessian ``h`` (``(K, K)``).
 
     ``group_size=None`` uses one grid per row. ``block_size`` changes only the speed, not the result.
+    ``act_order=True`` (the reference code's ``actorder``, "desc_act") quantizes the columns in
+    order of decreasing ``H_jj`` - the inputs with the most energy first, while there are many
+    columns left to absorb their error; groups are then ``group_size`` consecutive columns *in that
+    order*, so a checkpoint also stores each column's group index (``log2(K / g)`` bits per input
+    column, ``log2(K / g) / N`` per weight; nothing when ``g = K``).
     """
+    if _args.boolean("act_order", act_order):
+        _args.tensor("weight", weight, dtype="floating", ndim=2)
+        perm = torch.argsort(torch.diag(_check_hessian(h, weight.shape[1])), descending=True)
+        q = gptq_weight(weight[:, perm], h[perm][:, perm], bits=bits, group_size=group_size,
+                        symmetric=symmetric, damp=damp, block_size=block_size)
+        return q[:, torch.argsort(perm)]
     bits = check_bits(bits)
     _args.boolean("symmetric", symmetric)
     block_size = _args.positive_int("block_size", block_size)
@@ -140,11 +152,11 @@ def gptq_weight(weight: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_s
 
 
 def gptq_quantize_(model: nn.Module, batches, *, bits: int = 4, group_size: int | None = 128,
-                   symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
+                   symmetric: bool = False, damp: float = 0.01, block_size: int = 128, act_order: bool = False,
                    skip: tuple[str, ...] = ("head",)) -> nn.Module:
     """GPTQ every Linear of ``model`` in place, with Hessians from its inputs on ``batches``."""
     _args.module("model", model)
     inputs = capture_inputs(model, batches, linear_names(model, skip=skip))
     return quantize_linears_(model, lambda name, lin: gptq_weight(
         lin.weight, hessian(inputs[name], in_features=lin.in_features), bits=bits, group_size=group_size,
-        symmetric=symmetric, damp=damp, block_size=block_size), skip=skip)
+        symmetric=symmetric, damp=damp, block_size=block_size, act_order=act_order), skip=skip)
