@@ -50,10 +50,11 @@ def _ppl(model: nn.Module, val: torch.Tensor, max_batches: int | None) -> float:
 
 def weight_only_rows(model: nn.Module, calib: Sequence[torch.Tensor], val: torch.Tensor, *,
                      methods: Sequence[str] = METHODS, bits: Sequence[int] = (3, 4),
-                     group_sizes: Sequence[int] = (32, 64, 128), symmetric: bool = False,
+                     group_sizes: Sequence[int] = (32, 64, 128), symmetric: bool = False, act_order: bool = False,
                      max_batches: int | None = None, progress: bool = True) -> list[dict]:
     """Rows ``{"method", "bits", "group_size", "bits_per_weight", "perplexity"}``: fp32 first, then
-    each method at each bit width and group size (every Linear but the head quantized)."""
+    each method at each bit width and group size (every Linear but the head quantized).
+    ``act_order`` is passed to GPTQ (its group indices are not counted in ``bits_per_weight``)."""
     _args.module("model", model)
     calib = _args.sequence("calib", calib, of=torch.Tensor, non_empty=True)
     for m in _args.sequence("methods", methods, of=str, non_empty=True):
@@ -66,7 +67,7 @@ def weight_only_rows(model: nn.Module, calib: Sequence[torch.Tensor], val: torch
         if method == "rtn":
             rtn_quantize_(q, bits=b, group_size=g, symmetric=symmetric)
         elif method == "gptq":
-            gptq_quantize_(q, calib, bits=b, group_size=g, symmetric=symmetric)
+            gptq_quantize_(q, calib, bits=b, group_size=g, symmetric=symmetric, act_order=act_order)
         else:
             awq_quantize_(q, calib, bits=b, group_size=g, symmetric=symmetric)
         rows.append({"method": method, "bits": b, "group_size": g,
