@@ -13,6 +13,7 @@ from labkit.plots.quantize import (
     quant_explorer,
 )
 from labkit.quantize import error_vs_bits
+from labkit.quantize.formats import format_points
 
 
 def test_grid_data_levels_and_error(gen):
@@ -41,6 +42,9 @@ def test_figures_draw(gen):
     assert len(fig.axes[0].lines) == 4  # one line per level
     axes = plot_error_vs_bits({"per tensor": error_vs_bits(x, (2, 4, 8))})
     assert len(axes[0].lines) == 2 and len(axes[1].lines) == 1
+    axes = plot_error_vs_bits({"per tensor": error_vs_bits(x, (2, 4, 8))}, points=format_points(x, nf4_block_size=50))
+    assert [line.get_label() for line in axes[0].lines][2:] == ["fp8 e4m3", "fp8 e5m2", "NF4"]
+    assert len(axes[1].lines) == 4
     ax = plot_grouped({"4-bit": {"a": 1.0, "b": 2.0}, "8-bit": {"a": 3.0, "b": 4.0}}, ylabel="dB")
     assert len(ax.patches) == 4
     rows = [{"runtime": "fp32", "speedup": 1.0, "size_ratio": 1.0}, {"runtime": "int8", "speedup": 2.5, "size_ratio": 4.0}]

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from labkit import _args
 from labkit.plots import _axes
 from labkit.quantize.maths import (
     check_bits,
@@ -105,11 +106,15 @@ def quant_explorer(x: torch.Tensor, *, bits: int = 4, lo: float | None = None, h
     return explorer(show, controls, {"bits": bits, "lo": lo, "hi": hi, "symmetric": symmetric}, interactive=interactive)
 
 
-def plot_error_vs_bits(curves: Mapping[str, Sequence[Mapping]], *, axes=None):
+def plot_error_vs_bits(curves: Mapping[str, Sequence[Mapping]], *, points: Sequence[Mapping] = (), axes=None):
     """SQNR (dB) and MSE against bits for one or more :func:`~labkit.quantize.error_vs_bits` results,
-    with the textbook ``+6.02 dB per bit`` slope drawn through the first curve's 8-bit point."""
+    with the textbook ``+6.02 dB per bit`` slope drawn through the first curve's 8-bit point.
+
+    ``points``: float formats to mark at their bit width, rows of
+    :func:`labkit.quantize.formats.format_points` (fp8 e4m3 / e5m2, NF4)."""
     if not curves:
         raise ValueError("curves is empty")
+    points = _args.rows("points", points, keys=("format", "bits", "sqnr_db", "mse"), non_empty=False)
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1, ax2 = axes
@@ -121,6 +126,9 @@ def plot_error_vs_bits(curves: Mapping[str, Sequence[Mapping]], *, axes=None):
     b_last, s_last = first[-1]["bits"], first[-1]["sqnr_db"]
     bs = [r["bits"] for r in first]
     ax1.plot(bs, [s_last + 6.02 * (b - b_last) for b in bs], "k:", lw=1, label="6.02 dB / bit")
+    for p, marker in zip(points, "*DPXs^v"):
+        ax1.plot([p["bits"]], [p["sqnr_db"]], marker, ms=9, ls="none", label=p["format"])
+        ax2.semilogy([p["bits"]], [p["mse"]], marker, ms=9, ls="none", label=p["format"])
     ax1.set(xlabel="bits", ylabel="SQNR (dB, higher is better)", title="signal-to-quantization-noise")
     ax2.set(xlabel="bits", ylabel="mean squared error", title="error")
     ax1.legend(fontsize=8)
