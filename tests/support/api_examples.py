@@ -320,6 +320,7 @@ for _name, _examples in {
     "plot_error_vs_bits": {"curves": lambda c: {"a": [{"bits": 8, "sqnr_db": 40.0, "mse": 1e-4}]}},
     "plot_grouped": {"table": lambda c: {"8": {"per_tensor": 1.0}}},
     "naive_attention": {"k": lambda c: torch.randn(1, 2, 3, 4)},
+    "BatchLoss": {"loss": lambda c: torch.tensor(1.0)},
 }.items():
     OVERRIDES.setdefault(_name, {}).update(_examples)
 for _name in ("decode_curve", "decode_explorer"):
