@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 from labkit import _args
-from labkit._args import positive_float, positive_int
 from labkit.devices import (
     available_devices,
     cpu_cores,
@@ -39,7 +38,7 @@ def matmul_gflops(
     n: int, *, dtype: torch.dtype = torch.float32, device=None, min_run_time: float = 0.2, threads: int | None = None
 ) -> dict:
     """Achieved GFLOP/s of an ``n x n @ n x n`` matmul (2 n^3 FLOPs) on ``device``."""
-    positive_int("n", n)
+    _args.positive_int("n", n)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     dev = get_device(device)
@@ -71,7 +70,7 @@ def linear_intensity(tokens: int, d_in: int, d_out: int, *, bytes_per_element: i
     token it is below 1/2 FLOP per byte in float32 (the weight is read for a single row: decode
     is memory-bound); it grows towards ``2 D F / (e (D + F))`` as the batch of tokens grows."""
     for name, value in (("tokens", tokens), ("d_in", d_in), ("d_out", d_out), ("bytes_per_element", bytes_per_element)):
-        positive_int(name, value)
+        _args.positive_int(name, value)
     b, d, f = tokens, d_in, d_out
     return 2 * b * d * f / (bytes_per_element * (b * d + d * f + b * f))
 
@@ -83,15 +82,18 @@ def token_sweep(tokens: Sequence[int], d_in: int, d_out: int, *, dtype: torch.dt
     batch of one is ``B = 1``; a training step over a batch of sequences is ``B`` in the
     thousands. Plot GFLOP/s against intensity (:func:`linear_intensity`) to see where the layer
     crosses the roofline's ridge point (lesson ``01_cpu_vs_gpu_tpu``)."""
-    if len(tokens) == 0:
+    tokens = [_args.positive_int(f"tokens[{i}]", b)
+              for i, b in enumerate(_args.sequence("tokens", tokens, what="a list of token counts"))]
+    if not tokens:
         raise ValueError("tokens must not be empty")
     for name, value in (("d_in", d_in), ("d_out", d_out)):
-        positive_int(name, value)
+        _args.positive_int(name, value)
+    _args.positive_float("min_run_time", min_run_time)
     dev = get_device(device)
     w = torch.randn(d_in, d_out, device=dev).to(dtype)
     rows = []
     for b in tokens:
-        positive_int("tokens", b)
+        _args.positive_int("tokens", b)
         x = torch.randn(b, d_in, device=dev).to(dtype)
         out = torch.empty(b, d_out, device=dev, dtype=dtype)
         t = time_fn(lambda x=x, out=out: torch.matmul(x, w, out=out), device=dev, label=f"{b} tokens",
@@ -103,7 +105,7 @@ def token_sweep(tokens: Sequence[int], d_in: int, d_out: int, *, dtype: torch.dt
 
 def elementwise_gbps(numel: int, *, device=None, dtype=torch.float32, min_run_time: float = 0.2) -> dict:
     """Bandwidth of ``y = x + 1`` (reads and writes ``numel`` elements: memory bound)."""
-    positive_int("numel", numel)
+    _args.positive_int("numel", numel)
     dev = get_device(device)
     x = torch.randn(numel, device=dev, dtype=dtype)
     out = torch.empty_like(x)
@@ -115,7 +117,7 @@ def elementwise_gbps(numel: int, *, device=None, dtype=torch.float32, min_run_ti
 
 def copy_bandwidth(nbytes: int = 64 << 20, *, device=None, pinned: bool = True, min_run_time: float = 0.2) -> dict | None:
     """Host->device and device->host copy GB/s, or None when ``device`` is the CPU itself."""
-    positive_int("nbytes", nbytes)
+    _args.positive_int("nbytes", nbytes)
     dev = get_device(device)
     if dev.type == "cpu":
         return None
@@ -238,7 +240,7 @@ def cpu_peak_gflops(
         raise ValueError(f"peak is estimated for float32 or float64, got {dtype}")
     apple = _is_apple_silicon()
     fma_units = (4 if apple else 2) if fma_units is None else fma_units
-    positive_int("fma_units", fma_units)
+    _args.positive_int("fma_units", fma_units)
     if flags is None:
         flags = _mac_flags() if _is_mac() else cpu_flags()
     notes = []
@@ -304,7 +306,7 @@ def thread_scaling(fn: Callable[[], object], threads: Sequence[int] | None = Non
     if not threads:
         raise ValueError("threads must not be empty")
     for n in threads:
-        positive_int("threads", n)
+        _args.positive_int("threads", n)
     seconds = {n: time_fn(fn, threads=n, min_run_time=min_run_time).median for n in dict.fromkeys([1, *threads])}
     return [{"threads": n, "seconds": seconds[n], "speedup": seconds[1] / seconds[n]} for n in threads]
 
@@ -320,7 +322,7 @@ def attainable_gflops(intensity: float, peak_gflops: float, bandwidth_gbs: float
     point ``peak / bandwidth`` it is memory-bound, above it compute-bound (``01_cpu_vs_gpu_tpu``).
     """
     for name, value in (("intensity", intensity), ("peak_gflops", peak_gflops), ("bandwidth_gbs", bandwidth_gbs)):
-        positive_float(name, value)
+        _args.positive_float(name, value)
     return min(peak_gflops, bandwidth_gbs * intensity)
 
 

@@ -27,7 +27,6 @@ import torch
 from torch.utils import benchmark
 
 from labkit import _args
-from labkit._args import positive_float, positive_int
 from labkit.devices import check_device, synchronize
 
 
@@ -73,12 +72,12 @@ def time_fn(
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    positive_float("min_run_time", min_run_time)
+    _args.positive_float("min_run_time", min_run_time)
     if not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
     dev = check_device(device) if device is not None else torch.device("cpu")
     threads = torch.get_num_threads() if threads is None else threads
-    positive_int("threads", threads)
+    _args.positive_int("threads", threads)
 
     def run():
         fn()

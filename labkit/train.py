@@ -132,46 +132,120 @@ def accuracy(model: nn.Module, loader: Iterable, *, device=None) -> float:
     return evaluate(model, loader, device=device)["accuracy"]
 
 
+@dataclass
+class BatchLoss:
+    """What a batch-loss hook (``batch_loss=`` of :func:`train_epoch` and :func:`fit`) returns.
+
+    ``loss`` is the batch's mean loss, the tensor that is back-propagated; ``n`` the number of
+    samples (or tokens) it averages over; ``totals`` other metrics summed over those samples
+    (e.g. ``{"accuracy": correct predictions}``). The epoch reports ``sum(loss * n) / sum(n)``
+    and ``sum(totals[k]) / sum(n)`` for each metric ``k``: exact per-sample means over the epoch.
+    """
+
+    loss: torch.Tensor
+    n: int
+    totals: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _args.tensor("loss", self.loss, dtype="floating", shape=())
+        _args.positive_int("n", self.n)
+        _args.mapping("totals", self.totals)
+
+
+def cross_entropy_batch(loss_fn: Callable | None = None) -> Callable[[nn.Module, tuple], BatchLoss]:
+    """The default batch loss: ``loss_fn(model(x), y)`` (cross-entropy unless given) on an ``(x, y)``
+    batch already on the model's device, with the number of correct predictions as ``accuracy``.
+    Sequence logits ``(B, T, V)`` with ``(B, T)`` targets count per token."""
+    loss_fn = nn.functional.cross_entropy if loss_fn is None else _args.function("loss_fn", loss_fn)
+
+    def batch_loss(model: nn.Module, batch) -> BatchLoss:
+        x, y = batch
+        out, y = _per_token(model(x), y)
+        loss = loss_fn(out, y)
+        return BatchLoss(loss, len(y), {"accuracy": int((out.detach().argmax(1) == y).sum())})
+
+    return batch_loss
+
+
+def _to(batch, dev: torch.device):
+    """Every tensor of a batch (a tuple/list of tensors, or one tensor) moved to ``dev``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dev)
+    return type(batch)(b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch)
+
+
+def _as_batch_loss(result, batch) -> BatchLoss:
+    """A hook's result as a :class:`BatchLoss`: a bare loss tensor averages over ``len(batch[0])``."""
+    if isinstance(result, BatchLoss):
+        return result
+    if isinstance(result, torch.Tensor):
+        first = batch if isinstance(batch, torch.Tensor) else batch[0]
+        return BatchLoss(result, len(first))
+    raise TypeError(f"batch_loss must return a loss tensor or a labkit.train.BatchLoss, got {type(result).__name__}")
+
+
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *, device=None,
                 loss_fn: Callable | None = None, progress: bool = True, desc: str = "train",
-                after_step: Callable[[nn.Module], None] | None = None) -> dict[str, float]:
-    """One pass over ``loader``; ``after_step(model)`` runs after each optimizer step
-    (pruning uses it to re-apply masks). Returns mean loss and accuracy on the training data."""
+                after_step: Callable[[nn.Module], None] | None = None,
+                batch_loss: Callable[[nn.Module, object], torch.Tensor | BatchLoss] | None = None) -> dict[str, float]:
+    """One pass over ``loader``: per batch, zero the gradients, compute the loss, back-propagate,
+    step the optimizer, then ``after_step(model)`` (pruning uses it to re-apply masks).
+
+    The loss of a batch is ``batch_loss(model, batch)`` (the batch moved to the device): a loss
+    tensor, or a :class:`BatchLoss` carrying the number of samples and other metrics' totals.
+    By default it is :func:`cross_entropy_batch` with ``loss_fn(model(x), y)``; give one of
+    ``loss_fn`` and ``batch_loss``, not both. Returns the epoch's mean ``loss`` and the mean of
+    every metric the batches reported (``accuracy`` by default). Distillation
+    (:func:`labkit.distill.distill`) trains through this loop with its own ``batch_loss``.
+    """
     _args.module("model", model)
     _batches(loader)
     _check_optimizer(optimizer, model)
-    if loss_fn is not None:
-        _args.function("loss_fn", loss_fn)
+    step_loss = _batch_loss_hook(loss_fn, batch_loss)
     if after_step is not None:
         _args.function("after_step", after_step)
     dev = get_device(device) if device is not None else next(model.parameters()).device
-    loss_fn = loss_fn or nn.functional.cross_entropy
     model.train()
-    total, correct, loss_sum = 0, 0, 0.0
-    for x, y in tqdm(_batches(loader), desc=desc, leave=False, disable=not progress):
-        x, y = x.to(dev), y.to(dev)
+    total, sums = 0, {"loss": 0.0}
+    for batch in tqdm(_batches(loader), desc=desc, leave=False, disable=not progress):
+        batch = _to(batch, dev)
         optimizer.zero_grad(set_to_none=True)
-        out, y = _per_token(model(x), y)
-        loss = loss_fn(out, y)
-        loss.backward()
+        result = _as_batch_loss(step_loss(model, batch), batch)
+        result.loss.backward()
         optimizer.step()
         if after_step is not None:
             after_step(model)
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((out.detach().argmax(1) == y).sum())
-        total += len(y)
+        total += result.n
+        sums["loss"] += float(result.loss.detach()) * result.n
+        for k, v in result.totals.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
     if total == 0:
         raise ValueError("loader yielded no data")
-    return {"loss": loss_sum / total, "accuracy": correct / total}
+    return {k: v / total for k, v in sums.items()}
+
+
+def _batch_loss_hook(loss_fn, batch_loss):
+    """The batch-loss hook ``train_epoch`` and ``fit`` use: ``batch_loss`` or the default built on ``loss_fn``."""
+    if batch_loss is None:
+        return cross_entropy_batch(loss_fn)
+    _args.function("batch_loss", batch_loss)
+    if loss_fn is not None:
+        raise ValueError("give loss_fn (of logits and targets) or batch_loss (of the model and a batch), not both")
+    return batch_loss
 
 
 def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, val_loader: Iterable | None = None,
         optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3, loss_fn: Callable | None = None,
-        device=None, progress: bool = True, after_step: Callable[[nn.Module], None] | None = None) -> History:
-    """Train ``model`` for ``epochs`` epochs (Adam with ``lr`` unless an optimizer is given).
+        device=None, progress: bool = True, after_step: Callable[[nn.Module], None] | None = None,
+        batch_loss: Callable[[nn.Module, object], torch.Tensor | BatchLoss] | None = None,
+        desc: str = "epochs") -> History:
+    """Train ``model`` for ``epochs`` epochs (Adam with ``lr`` unless an optimizer is given) with
+    :func:`train_epoch` (``loss_fn`` / ``batch_loss`` / ``after_step`` are passed on to it).
 
-    Returns a :class:`History` with ``train_loss``, ``train_acc`` and, given ``val_loader``,
-    ``val_loss`` and ``val_acc`` per epoch. The model is moved to ``device`` first.
+    Returns a :class:`History` with ``train_loss`` and, per metric the batches report,
+    ``train_acc`` for ``accuracy`` (the default) or the metric's own name (a custom
+    ``batch_loss``'s totals), and, given ``val_loader``, ``val_loss`` and ``val_acc`` per epoch
+    (:func:`evaluate` with ``loss_fn``). The model is moved to ``device`` first.
     """
     _args.module("model", model)
     _batches(train_loader, "train_loader")
@@ -184,22 +258,24 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, val_loader
     for name, fn in (("loss_fn", loss_fn), ("after_step", after_step)):
         if fn is not None:
             _args.function(name, fn)
+    _batch_loss_hook(loss_fn, batch_loss)
     _args.boolean("progress", progress)
+    _args.text("desc", desc)
     dev = get_device(device)
     model.to(dev)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     history = History()
-    bar = tqdm(range(epochs), desc="epochs", disable=not progress)
+    bar = tqdm(range(epochs), desc=desc, disable=not progress)
     for _ in bar:
         tr = train_epoch(model, train_loader, optimizer, device=dev, loss_fn=loss_fn, progress=progress,
-                         after_step=after_step)
-        history.log(train_loss=tr["loss"], train_acc=tr["accuracy"])
+                         after_step=after_step, batch_loss=batch_loss)
+        history.log(train_loss=tr.pop("loss"), **{"train_acc" if k == "accuracy" else k: v for k, v in tr.items()})
         if val_loader is not None:
             va = evaluate(model, val_loader, device=dev, loss_fn=loss_fn)
             history.log(val_loss=va["loss"], val_acc=va["accuracy"])
-            bar.set_postfix(loss=f"{tr['loss']:.3f}", val_acc=f"{va['accuracy']:.3f}")
+            bar.set_postfix(loss=f"{history.last('train_loss'):.3f}", val_acc=f"{va['accuracy']:.3f}")
         else:
-            bar.set_postfix(loss=f"{tr['loss']:.3f}")
+            bar.set_postfix(loss=f"{history.last('train_loss'):.3f}")
     return history
 
 

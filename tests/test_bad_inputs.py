@@ -7,9 +7,24 @@ import math
 
 import pytest
 import torch
+from nbformat.v4 import new_notebook
 from torch import nn
 
+import labkit.plots as P
+from labkit.classroom.grading import instructor_cells
+from labkit.efficiency.profiling import BatchStream, StepProfile, annotated_step
+from labkit.lm.model import GPT, Block, CausalSelfAttention, GPTConfig
+from labkit.lm.train import TrainSettings, lr_factor
+from labkit.parallel.comm import CountingComm
+from labkit.parallel.pipeline import partition, run_stage, split_model
+from labkit.parallel.schedule import gpipe
+from labkit.parallel.strategies import Workload, compare_table, format_table, strategy_table
+from labkit.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, shard
+from labkit.plots.efficiency import plot_memory_breakdown
+from labkit.plots.parallel import plot_planned_vs_measured
+from labkit.plots.serving import decode_curve
 from labkit.quantize import QuantizedConv2d, QuantizedLinear, WeightSpec
+from labkit.serving import decode
 
 NAN_INF = [math.nan, math.inf, -math.inf]
 
@@ -188,3 +203,104 @@ def test_write_memmap_stays_in_its_folder(tmp_path, name):
     with pytest.raises(ValueError, match="name must be a plain file name"):
         write_memmap(torch.zeros(2, 3), torch.zeros(2), inner, name=name)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["inner"]
+
+
+# --- checks added to reach the walk's target (tests/test_public_api.py) -------------------------
+
+def test_batch_sweep_checks_everything_before_timing(monkeypatch):
+    timed = []
+    monkeypatch.setattr(decode, "time_decode", lambda *a, **k: timed.append(k))
+    model = GPT(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=8)).eval()
+    with pytest.raises(ValueError, match="bandwidth_gbs must be a finite number"):
+        decode.batch_sweep(model, [1, 2], context=4, bandwidth_gbs=math.nan)
+    with pytest.raises(ValueError, match="context must be an int between 1 and 7"):
+        decode.batch_sweep(model, [1], context=8, bandwidth_gbs=10.0)
+    with pytest.raises(TypeError, match="batches must be a list of batch sizes"):
+        decode.batch_sweep(model, None, context=4, bandwidth_gbs=10.0)
+    assert timed == []  # nothing was timed before the bad argument was found
+
+
+def test_tensor_parallel_layers_check_sizes_and_comm():
+    with pytest.raises(TypeError, match="in_features must be an int"):
+        ColumnParallelLinear(None, 4, comm=CountingComm())
+    with pytest.raises(ValueError, match="out_features must be an int >= 1, got 0"):
+        RowParallelLinear(4, 0, comm=CountingComm())
+    with pytest.raises(TypeError, match="bias must be True or False"):
+        RowParallelLinear(4, 4, comm=CountingComm(), bias="yes")
+    with pytest.raises(TypeError, match="comm must be a labkit.parallel.comm.CountingComm"):
+        ColumnParallelLinear(4, 4, comm=None)
+    with pytest.raises(ValueError, match="dim must be an int between -2 and 1, got 2"):
+        shard(torch.zeros(4, 4), 2, 0, 2)
+    with pytest.raises(TypeError, match="world_size must be an int"):
+        shard(torch.zeros(4, 4), 0, 0, 2.0)
+
+
+def test_pipeline_checks_costs_and_ops():
+    with pytest.raises(ValueError, match=r"costs\[1\] must be a finite number"):
+        partition([1.0, math.nan], 1)
+    with pytest.raises(TypeError, match="costs must be a list or tuple"):
+        partition(None, 1)
+    with pytest.raises(TypeError, match="stages must be an int"):
+        split_model(nn.Sequential(nn.Linear(2, 2)), "2")
+    stage = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"ops\[0\] must be an \('F' or 'B', micro-batch\) pair"):
+        run_stage(stage, [("X", 0)], CountingComm(), batch=2)
+    with pytest.raises(TypeError, match="comm must be a labkit.parallel.comm.CountingComm"):
+        run_stage(stage, [("F", 0)], "gloo", batch=2)
+
+
+def test_language_model_pieces_check_their_config_and_step():
+    for cls in (Block, CausalSelfAttention):
+        with pytest.raises(TypeError, match="config must be GPTConfig"):
+            cls({"n_embd": 8, "n_head": 2})
+    settings = TrainSettings(steps=10, warmup=2, eval_every=5)
+    assert lr_factor(0, settings) == 0.5  # (0 + 1) / warmup
+    with pytest.raises(ValueError, match="step must be an int >= 0, got -1"):
+        lr_factor(-1, settings)
+    with pytest.raises(TypeError, match="settings must be TrainSettings"):
+        lr_factor(0, {"warmup": 2})
+
+
+def test_annotated_step_wants_a_batch_stream_not_a_loader():
+    model = nn.Linear(4, 3)
+    loader = [(torch.zeros(2, 4), torch.tensor([0, 1]))]
+    with pytest.raises(TypeError, match="batches must be a labkit.efficiency.profiling.BatchStream, got list"):
+        annotated_step(model, loader, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert annotated_step(model, BatchStream(loader), torch.optim.SGD(model.parameters(), lr=0.1)).ndim == 0
+    with pytest.raises(TypeError, match="wall must be float"):
+        StepProfile({"data": 0.1}, "1 ms", 1, "", ())
+
+
+@pytest.mark.parametrize("call, exc, word", [
+    (lambda P: P.plot_roofline(math.nan, 10.0), ValueError, "peak_gflops must be a finite number"),
+    (lambda P: P.plot_roofline(100.0, 10.0, [{"gflops": 1.0}]), ValueError, r"points\[0\] lacks \['intensity'\]"),
+    (lambda P: P.plot_bars([1.0, 2.0]), TypeError, r"values must be a dict \{name: value\}"),
+    (lambda P: P.plot_images("digits.png"), TypeError, "images must be a tensor or array"),
+])
+def test_shared_plots_check_their_arguments(call, exc, word):
+    with pytest.raises(exc, match=word):
+        call(P)
+
+
+def test_topic_plots_check_their_arguments():
+    parts = {"parameters": 1, "gradients": 1, "optimizer_state": 1, "activations": 1}
+    with pytest.raises(ValueError, match="unit must be a number > 0"):
+        plot_memory_breakdown({"SGD": parts}, unit=0)
+    with pytest.raises(ValueError, match="bandwidth_gbs must be a number > 0"):
+        decode_curve(bits=8, context=4, params=100, kv_bytes_per_position=8, bandwidth_gbs=-1.0, peak_gflops=10.0)
+    with pytest.raises(ValueError, match="t_backward must be a finite number"):
+        plot_planned_vs_measured(gpipe(2, 2), 1.0, math.inf)
+
+
+def test_strategy_tables_check_rows_and_measurements():
+    rows = strategy_table(Workload(8, 2, 4, 2))
+    with pytest.raises(TypeError, match=r"measured\[0\] must be dict"):
+        compare_table(rows, [["DP"]])
+    with pytest.raises(ValueError, match=r"rows\[0\] lacks"):
+        format_table([{"strategy": "DP"}])
+
+
+def test_instructor_cells_names_the_argument_that_is_not_a_notebook():
+    with pytest.raises(TypeError, match=r"nb must be a notebook \(nbformat.NotebookNode\), got str"):
+        instructor_cells("lesson.ipynb", new_notebook())
+    assert instructor_cells(new_notebook(), new_notebook()) == {}

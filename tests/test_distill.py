@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from labkit import train
 from labkit.distill import (
     IGNORE_INDEX,
     distill,
@@ -22,6 +24,7 @@ from labkit.distill import (
     soft_targets,
 )
 from labkit.distill.feature import FeatureHint
+from labkit.distill.loop import distill_batch_loss
 from labkit.models import MLP, SmallCNN, tiny_student
 
 
@@ -316,3 +319,42 @@ def test_reference_models_distill_shapes():
     loss = distillation_loss(student(x), teacher(x), torch.tensor([0, 1, 2, 3]), temperature=4.0, alpha=0.9)
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_distill_trains_through_train_epoch_like_a_hand_written_kd_loop(gen, monkeypatch):
+    """distill() runs labkit.train's epoch loop (train_epoch, with distill_batch_loss as the batch
+    loss), and the result is exactly a hand-written loop over distillation_loss with SGD."""
+    x, y = _toy(gen, n=48)
+    teacher = SmallCNN((1, 4, 4), widths=(4,), num_classes=3).eval()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)]
+    torch.manual_seed(0)
+    student = MLP((1, 4, 4), hidden=(8,), num_classes=3)
+    reference = copy.deepcopy(student)
+    calls = []
+    real = train.train_epoch
+    monkeypatch.setattr(train, "train_epoch", lambda *a, **k: calls.append(k["batch_loss"]) or real(*a, **k))
+    hist = distill(student, teacher, batches, epochs=1, temperature=3.0, alpha=0.7, progress=False,
+                   optimizer=torch.optim.SGD(student.parameters(), lr=0.1))
+    assert len(calls) == 1 and calls[0].__qualname__.startswith("distill_batch_loss")
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    losses = []
+    for xb, yb in batches:
+        with torch.no_grad():
+            zt = teacher(xb)
+        loss = distillation_loss(reference(xb), zt, yb, temperature=3.0, alpha=0.7)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert hist["train_loss"] == [pytest.approx(sum(losses) / 3)]  # equal batches: the plain mean
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(student.state_dict()[k], v)
+
+
+def test_distill_batch_loss_checks_its_arguments():
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+        distill_batch_loss(None, temperature=0.0)
+    with pytest.raises(ValueError, match="alpha must be a number <= 1"):
+        distill_batch_loss(None, alpha=1.5)
+    with pytest.raises(ValueError, match="hint needs the teacher"):
+        distill_batch_loss(None, hint=object())

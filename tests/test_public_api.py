@@ -20,18 +20,18 @@ from labkit.parallel import cost, ring, schedule
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200, method="thread")
-@pytest.mark.xfail(strict=True, reason="the target, not yet met: at commit time 329 callables, 1254 bad inputs, "
-                   "92.3% answered well, 0 silent, 0 hung, 0 spawned; still to do: tensor_parallel, pipeline, "
-                   "plots, efficiency.profiling, lm.model/train, serving.decode, and 15 callables without examples")
-def test_every_public_callable_validates_its_required_arguments(capsys):
+def test_every_public_callable_validates_its_required_arguments():
+    """The issue-11 target: >= 97% of the bad inputs answered well, none silently accepted, no
+    hang, no process started, and every callable with required arguments walked (at this
+    commit: 358 callables, 1349 bad inputs, 100% answered well)."""
     result = walk(seconds=5.0)
-    with capsys.disabled():
-        print("\n" + result.report())
     counts = result.counts()
-    assert counts["hung"] == 0 and counts["spawned"] == 0
-    assert counts["silently accepted"] == 0
-    assert counts["good %"] >= 97
-    assert not result.no_example, "add valid examples for these callables to tests/support/api_examples.py"
+    report = "\n" + result.report()
+    assert counts["hung"] == 0 and counts["spawned"] == 0, report
+    assert counts["silently accepted"] == 0, report
+    assert counts["good %"] >= 97, report
+    assert not result.no_example, "add valid examples for these callables to tests/support/api_examples.py" + report
+    assert counts["callables walked"] >= 300, report  # the walker still finds the package
 
 
 def test_functions_that_start_processes_check_everything_first():

@@ -30,24 +30,35 @@ def _close(y, ref, rel):
     assert err <= rel * ref.abs().max().item(), (err, ref.abs().max().item())
 
 
-def test_int8_codes_and_scales_equal_lesson_06_maths():
+def test_int8_codes_and_scales_follow_the_formula():
+    """The module docstring's formula written out (the oracle): ``s_n = max|W_n| / 127.5``,
+    ``q = clamp(round(W * (1/s_n)), -128, 127)`` with a float32 reciprocal - bit for bit.
+    (int8_per_channel is lesson 06's maths: this also pins that code path.)"""
     w = _weight()
+    w[0] = 0.0  # an all-zero row: the smallest scale, codes 0
     codes, scale = int8_per_channel(w)
-    s_ref, z_ref = maths.choose_qparams(w, bits=8, symmetric=True, granularity="per_channel", axis=0)
-    q_ref = maths.quantize(w, s_ref, z_ref, bits=8, signed=True, axis=0)
+    s_ref = (w.abs().amax(dim=1) / 127.5).clamp(min=torch.finfo(torch.float32).eps)
+    q_ref = torch.round(w * (1.0 / s_ref)[:, None]).clamp(-128, 127).to(torch.int8)
     assert torch.equal(scale, s_ref)
     assert torch.equal(codes, q_ref)
+    assert not codes[0].any()
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
-def test_int4_codes_scales_zeros_equal_lesson_06_maths(group_size):
+def test_int4_codes_scales_zeros_follow_the_formula(group_size):
+    """``s = (max - min) / 15`` over each group (range stretched to hold 0), ``z = clamp(-round(min / s),
+    0, 15)``, ``q = clamp(round(W * (1/s) + z), 0, 15)`` with the multiply-add rounded once - bit for bit."""
     w = _weight() + 0.3  # a shifted range: zero-points away from the middle
     codes, scale, zero = int4_per_group(w, group_size)
-    s_ref, z_ref = maths.choose_qparams(w, bits=4, symmetric=False, granularity="per_group", group_size=group_size)
-    q_ref = maths.quantize(w, s_ref, z_ref, bits=4, signed=False, group_size=group_size)
+    groups = w.reshape(w.shape[0], -1, group_size)
+    lo, hi = groups.amin(-1).clamp(max=0.0), groups.amax(-1).clamp(min=0.0)
+    s_ref = ((hi - lo) / 15).clamp(min=torch.finfo(torch.float32).eps)
+    z_ref = (-torch.round(lo / s_ref)).clamp(0, 15)
+    fma = groups.double() * (1.0 / s_ref).double()[..., None] + z_ref.double()[..., None]  # exact in float64
+    q_ref = torch.round(fma.float()).clamp(0, 15).reshape(w.shape).to(torch.int32)
     assert torch.equal(scale, s_ref)
-    assert torch.equal(zero, z_ref)
-    assert torch.equal(codes, q_ref.to(torch.int32))
+    assert torch.equal(zero, z_ref.to(torch.int32))
+    assert torch.equal(codes, q_ref)
 
 
 @pytest.mark.parametrize("act_dtype, rel", [(torch.bfloat16, 2e-2), (torch.float32, 1e-5)])

@@ -87,3 +87,57 @@ def test_bad_input():
         T.evaluate(m, 42)
     with pytest.raises(ValueError, match="no data"):
         T.evaluate(m, [])
+
+
+def test_a_batch_loss_that_ignores_the_labels_trains_by_hand():
+    """``batch_loss(model, batch)`` replaces the cross-entropy: ``mean((w x)^2)`` with SGD gives
+    ``w1 = w0 (1 - 2 lr mean(x^2))`` whatever the labels hold (NaN here), and the epoch reports
+    the loss at ``w0`` and no accuracy."""
+    m = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(2.0)
+    x = torch.tensor([[1.0], [3.0]])  # mean(x^2) = 5
+    loader = [(x, torch.full((2,), float("nan")))]
+    out = T.train_epoch(m, loader, torch.optim.SGD(m.parameters(), lr=0.01), progress=False,
+                        batch_loss=lambda model, batch: model(batch[0]).pow(2).mean())
+    assert out == {"loss": pytest.approx(4.0 * 5)}
+    assert m.weight.item() == pytest.approx(2.0 * (1 - 2 * 0.01 * 5))
+
+
+def test_batch_loss_totals_are_per_sample_means_in_the_history():
+    m = torch.nn.Linear(1, 1)
+    loader = [(torch.ones(3, 1), torch.zeros(3)), (torch.ones(1, 1), torch.zeros(1))]
+
+    def batch_loss(model, batch):
+        x, _ = batch
+        return T.BatchLoss(model(x).sum() * 0.0 + len(x), len(x), {"seen": len(x), "first": 1.0})
+
+    hist = T.fit(m, loader, epochs=2, lr=0.1, progress=False, batch_loss=batch_loss)
+    assert set(hist.metrics) == {"train_loss", "seen", "first"}  # no accuracy: the hook reports none
+    assert hist["train_loss"] == pytest.approx([(3 * 3 + 1 * 1) / 4] * 2)  # each batch's loss weighted by its n
+    assert hist["seen"] == [1.0, 1.0] and hist["first"] == [0.5, 0.5]  # totals / samples
+
+
+def test_the_default_batch_loss_is_the_old_cross_entropy_step():
+    """``cross_entropy_batch`` passed explicitly gives exactly what ``fit`` gives by default."""
+    runs = []
+    for kw in ({}, {"batch_loss": T.cross_entropy_batch()}):
+        T.seed_everything(0)
+        m = MLP((4,), hidden=(8,), num_classes=2)
+        h = T.fit(m, DataLoader(_toy(32), batch_size=8), epochs=2, lr=1e-2, progress=False, **kw)
+        runs.append((h.metrics, m.state_dict()))
+    assert runs[0][0] == runs[1][0] and set(runs[0][0]) == {"train_loss", "train_acc"}
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_batch_loss_bad_input():
+    m = MLP((4,), hidden=(2,), num_classes=2)
+    loader = DataLoader(_toy(8), batch_size=4)
+    with pytest.raises(ValueError, match="not both"):
+        T.fit(m, loader, loss_fn=torch.nn.functional.cross_entropy, batch_loss=lambda model, b: model(b[0]).sum())
+    with pytest.raises(TypeError, match="batch_loss must be callable"):
+        T.fit(m, loader, batch_loss="mse")
+    with pytest.raises(TypeError, match="batch_loss must return a loss tensor or a labkit.train.BatchLoss, got str"):
+        T.fit(m, loader, progress=False, batch_loss=lambda model, b: "loss")
+    with pytest.raises(ValueError, match=r"loss must have shape \(\)"):
+        T.BatchLoss(torch.ones(2), 2)

@@ -221,6 +221,8 @@ def _names(cell) -> list[str]:
 def instructor_cells(nb, source) -> dict[int, list[str]]:
     """``{cell index in nb: exercises it may report}``: the cells of ``nb`` whose id is a code cell
     of ``source`` with checks (hidden ones included), each with the names that source cell checks."""
+    check_notebook("nb", nb)
+    check_notebook("source", source)
     names = {c.get("id"): _names(c) for c in source.cells if c.cell_type == "code" and c.get("id")}
     return {i: names[c.get("id")] for i, c in enumerate(nb.cells)
             if c.cell_type == "code" and names.get(c.get("id"))}
@@ -235,6 +237,8 @@ def splice_solutions(source: str, submitted: str) -> str:
     - the check calls, the hidden tests - is the instructor's, so an edited or appended check
     line never runs.
     """
+    _args.text("source", source, non_empty=False)
+    _args.text("submitted", submitted, non_empty=False)
     student, mine = student_cell_source(source).split("\n"), submitted.split("\n")
     kept = {}  # index in student -> index in mine
     for i, j, n in SequenceMatcher(None, student, mine, autojunk=False).get_matching_blocks():

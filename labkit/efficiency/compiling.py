@@ -197,10 +197,9 @@ def recompile_trace(fn: Callable[[torch.Tensor], object], sizes: Sequence[int]) 
     runs the graph eagerly (no Inductor), so it is cheap; Dynamo's caches are reset before and
     after, so earlier compilations do not blur the count. Returns ``[{size, compiled, inputs}]``.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    if len(sizes) == 0 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
-        raise ValueError(f"sizes must be positive ints, got {list(sizes)!r}")
+    _args.function("fn", fn)
+    sizes = [_args.positive_int(f"sizes[{i}]", n)
+             for i, n in enumerate(_args.sequence("sizes", sizes, non_empty=True, what="a list of sizes"))]
     graphs: list[list[str]] = []
 
     def recording_backend(gm, example_inputs):

@@ -44,7 +44,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from labkit import _args
-from labkit._args import choice, non_negative_int, positive_float, positive_int
 from labkit.metrics import storage_key, tensor_bytes
 from labkit.timing import compare
 
@@ -315,7 +314,7 @@ def accumulation_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: tor
 def recompute_fraction(segments: int) -> float:
     """Extra forward work of checkpointing with ``segments`` equal segments: ``(s-1)/s`` of one
     forward pass (every segment but the last is run again during backward)."""
-    positive_int("segments", segments)
+    _args.positive_int("segments", segments)
     return (segments - 1) / segments
 
 
@@ -323,7 +322,7 @@ def checkpoint_time_ratio(segments: int, *, backward_to_forward: float = 2.0) ->
     """Predicted (forward + backward) time with checkpointing over without, if time follows FLOPs:
     ``1 + (s-1)/s / (1 + backward_to_forward)`` - ``1 + (s-1)/(3s)`` for the usual backward of twice
     the forward's FLOPs, at most 4/3 (the "+33%" is this limit)."""
-    positive_float("backward_to_forward", backward_to_forward)
+    _args.positive_float("backward_to_forward", backward_to_forward)
     return 1 + recompute_fraction(segments) / (1 + backward_to_forward)
 
 
@@ -342,9 +341,9 @@ def training_state_bytes(n_params: int, *, precision: str = "fp32", optimizer: s
     time, not state. Returns ``{weights, gradients, master_weights, optimizer_state, total}``.
     Used by lessons 02 and 03.
     """
-    non_negative_int("n_params", n_params)
-    choice("precision", precision, _PRECISION)
-    choice("optimizer", optimizer, _OPTIMIZER_STATE)
+    _args.non_negative_int("n_params", n_params)
+    _args.choice("precision", precision, _PRECISION)
+    _args.choice("optimizer", optimizer, _OPTIMIZER_STATE)
     weights, grads, master = (n_params * b for b in _PRECISION[precision])
     state = n_params * _OPTIMIZER_STATE[optimizer]
     return {"weights": weights, "gradients": grads, "master_weights": master, "optimizer_state": state,

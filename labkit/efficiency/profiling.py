@@ -39,26 +39,18 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from labkit import _args
 from labkit.devices import get_device, synchronize
 
 PHASES = ("data", "forward", "backward", "optimizer")
 PREFIX = "step:"
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 class BatchStream:
     """Endless batches from ``loader``: restarts it when an epoch ends (never yields nothing)."""
 
     def __init__(self, loader: Iterable):
-        if not hasattr(loader, "__iter__"):
-            raise TypeError(f"loader must be iterable (a DataLoader), got {type(loader).__name__}")
-        self.loader = loader
+        self.loader = _args.iterable("loader", loader, "iterable (a DataLoader)")
         self._it: Iterator | None = None
 
     def next(self):
@@ -80,6 +72,12 @@ def annotated_step(model: nn.Module, batches: BatchStream, optimizer: torch.opti
     ``False`` only after the step (an undisturbed trace). Returns the (detached) loss. Outside a
     profiler the ranges cost almost nothing.
     """
+    _args.module("model", model)
+    _args.instance("batches", batches, BatchStream, "a labkit.efficiency.profiling.BatchStream")
+    _args.instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    if loss_fn is not None:
+        _args.function("loss_fn", loss_fn)
+    _args.boolean("sync_phases", sync_phases)
     dev = torch.device("cpu") if device is None else get_device(device)
     loss_fn = loss_fn or nn.functional.cross_entropy
 
@@ -117,6 +115,9 @@ class StepProfile:
     top_ops: tuple[dict, ...] = field(repr=False)  # the busiest operators: name, self_ms, calls
     trace_path: Path | None = None
 
+    def __post_init__(self):
+        _args.fields(self)
+
     @property
     def coverage(self) -> float:
         """Share of the wall time that the named phases account for (target >= 0.9)."""
@@ -138,7 +139,8 @@ class StepProfile:
 
 def phase_times(events, phases: Iterable[str] = PHASES, *, steps: int = 1) -> dict[str, float]:
     """Mean seconds per step of each ``step:<phase>`` range in a profiler's ``events()``."""
-    _check_int("steps", steps, 1)
+    _args.iterable("events", events, "a profiler's events()")
+    steps = _args.positive_int("steps", steps)
     totals = {p: 0.0 for p in phases}
     for ev in events:
         if ev.name.startswith(PREFIX) and ev.name[len(PREFIX):] in totals:
@@ -155,7 +157,10 @@ def sort_key(device) -> str:
 def top_operators(prof, n: int = 8, *, sort_by: str = "self_cpu_time_total") -> tuple[dict, ...]:
     """The ``n`` operators with the most self time in column ``sort_by`` (see :func:`sort_key`;
     our phase ranges left out)."""
-    _check_int("n", n, 1)
+    if not callable(getattr(prof, "key_averages", None)):  # duck-typed: anything with torch's key_averages()
+        raise TypeError(f"prof must be a torch.profiler.profile (after its with-block), got {type(prof).__name__}")
+    n = _args.positive_int("n", n)
+    _args.text("sort_by", sort_by)
     rows = [e for e in prof.key_averages() if not e.key.startswith(PREFIX) and e.key != "ProfilerStep*"]
     rows.sort(key=lambda e: getattr(e, sort_by), reverse=True)
     return tuple({"name": e.key, "self_ms": getattr(e, sort_by) / 1e3, "calls": e.count} for e in rows[:n])
@@ -169,13 +174,11 @@ def profile_training(model: nn.Module, loader: Iterable, optimizer: torch.optim.
     Returns a :class:`StepProfile` with the mean time of each phase, the wall time per step,
     the operator table and, if ``trace_path`` is given, the Chrome/Perfetto trace written there.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    _check_int("steps", steps, 1)
-    _check_int("warmup", warmup, 0)
-    _check_int("row_limit", row_limit, 1)
+    _args.module("model", model)
+    _args.instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    steps = _args.positive_int("steps", steps)
+    warmup = _args.non_negative_int("warmup", warmup)
+    row_limit = _args.positive_int("row_limit", row_limit)
     dev = get_device(device) if device is not None else next(model.parameters()).device
     batches = BatchStream(loader)
     model.train()

@@ -123,6 +123,8 @@ def cache_key(config: GPTConfig, settings: TrainSettings, *, text: str | None = 
 def lr_factor(step: int, settings: TrainSettings) -> float:
     """Learning-rate multiplier at ``step`` (0-based): ``(step+1)/warmup`` while warming up, then
     a cosine from 1 down to 0.1 at the last step."""
+    step = _args.non_negative_int("step", step)
+    _args.instance("settings", settings, TrainSettings)
     if step < settings.warmup:
         return (step + 1) / settings.warmup
     span = max(1, settings.steps - settings.warmup)

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from labkit import _args
 from labkit.data import load_arrays
 from labkit.parallel.cost import (
     CostModel,
@@ -55,6 +56,7 @@ def predict_naive_step(row: dict, model: CostModel, *, stat: str = "median") -> 
         raise TypeError(f"model must be a CostModel, got {type(model).__name__}")
     if stat not in ("median", "min"):
         raise ValueError(f"stat must be 'median' or 'min', got {stat!r}")
+    _args.mapping("row", row, what="a row from step_timing")
     suffix = "" if stat == "median" else "_min"
     missing = {"compute" + suffix, "optimizer" + suffix, "tensor_bytes", "world_size"} - set(row)
     if missing:

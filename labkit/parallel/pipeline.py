@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
+from labkit import _args
 from labkit.devices import synchronize
 from labkit.parallel.comm import CountingComm, require_group
 from labkit.parallel.launch import rank_device
@@ -41,8 +42,8 @@ from labkit.parallel.schedule import Slot, bubble_fraction, idle_fraction, make_
 def partition(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
     """Cut ``costs`` into ``parts`` contiguous ranges ``[a, b)`` minimising the costliest range
     (the slowest stage sets the pipeline's pace). Dynamic programming, O(n^2 parts)."""
-    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-        raise ValueError(f"parts must be a positive int, got {parts!r}")
+    parts = _args.positive_int("parts", parts)
+    costs = [_args.real(f"costs[{i}]", c) for i, c in enumerate(_args.sequence("costs", costs))]
     n = len(costs)
     if n < parts:
         raise ValueError(f"cannot cut {n} layers into {parts} non-empty stages")
@@ -73,8 +74,8 @@ def split_model(model: nn.Sequential, stages: int) -> list[nn.Sequential]:
 
     A layer with parameters and the parameter-free layers after it (activations) stay
     together; the slices keep the original names, so ``state_dict`` keys match the model's."""
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
+    _args.module("model", model, nn.Sequential)
+    stages = _args.positive_int("stages", stages)
     has_params = [any(True for _ in layer.parameters()) for layer in model]
     groups: list[list[int]] = []
     for i, has in enumerate(has_params):
@@ -86,6 +87,16 @@ def split_model(model: nn.Sequential, stages: int) -> list[nn.Sequential]:
     if len(groups) < stages:
         raise ValueError(f"stages={stages} but the model has only {len(groups)} layers with parameters")
     return [model[groups[a][0]: groups[b - 1][-1] + 1] for a, b in partition(costs, stages)]
+
+
+def _check_ops(ops) -> list[tuple[str, int]]:
+    """``ops`` as a list of ``('F', i)`` / ``('B', i)`` pairs (what :mod:`labkit.parallel.schedule` makes)."""
+    ops = _args.sequence("ops", ops, what="a list of ('F' or 'B', micro-batch) pairs")
+    for k, op in enumerate(ops):
+        if not (isinstance(op, (tuple, list)) and len(op) == 2 and op[0] in ("F", "B")):
+            raise ValueError(f"ops[{k}] must be an ('F' or 'B', micro-batch) pair, got {op!r}")
+        _args.non_negative_int(f"ops[{k}][1]", op[1])
+    return [tuple(op) for op in ops]
 
 
 def run_stage(stage: nn.Module, ops: Sequence[tuple[str, int]], comm: CountingComm, *, inputs=None, targets=None,
@@ -102,6 +113,10 @@ def run_stage(stage: nn.Module, ops: Sequence[tuple[str, int]], comm: CountingCo
     gradients equal the full batch's mean-loss gradients. Each receive is posted ``lookahead``
     receives early (tags: ``2i`` activations, ``2i+1`` gradients), so data arrives while this
     rank computes instead of after it asks."""
+    _args.module("stage", stage)
+    ops = _check_ops(ops)
+    _args.instance("comm", comm, CountingComm, "a labkit.parallel.comm.CountingComm")
+    batch = _args.positive_int("batch", batch)
     rank, world = comm.rank, comm.world_size
     first, last = rank == 0, rank == world - 1
     receive = _Receiver(ops, comm, in_shapes, out_shapes, lookahead)
@@ -261,6 +276,9 @@ def measured_bubbles(results: Sequence[Sequence[dict]]) -> list[dict]:
     cost (``replayed``), the share of a core the ranks had during their ops (``core_share``:
     CPU time / wall time; well below 1 means other programs competed and the timeline shows it),
     median op times, the per-rank saved bytes, and the median step's ops."""
+    results = _args.sequence("results", results, what="one list of rows per rank (bubble_worker's output)")
+    for r, rows in enumerate(results):
+        _args.sequence(f"results[{r}]", rows, what="a list of rows")
     if not results or len({len(r) for r in results}) != 1:
         raise ValueError("results must hold one list of rows per rank, all of the same length (bubble_worker's output)")
     p = len(results)

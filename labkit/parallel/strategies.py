@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from labkit import _args
 from labkit.models import count_parameters
 from labkit.parallel.comm import CountingComm, counting_allreduce_hook, require_group
 from labkit.parallel.launch import rank_device
@@ -118,10 +119,13 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+TABLE_KEYS = ("strategy", "sent_per_rank", "wire_per_rank", "params_per_rank", "activation_bytes_per_rank",
+              "memory_bytes")
+
+
 def format_table(rows: list[dict]) -> str:
     """:func:`strategy_table`'s rows as aligned text (busiest rank's figures)."""
-    if not rows:
-        raise ValueError("rows is empty")
+    rows = _args.rows("rows", rows, keys=TABLE_KEYS)
     head = f"{'strategy':<11} {'sent/rank':>10} {'on wire':>10} {'params/rank':>12} {'activations':>12} {'memory':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -175,8 +179,9 @@ def compare_table(rows: list[dict], measured: list[dict]) -> list[dict]:
     """Predicted (:func:`strategy_table`) against measured (:func:`measure_worker`, one dict per
     rank) for the busiest rank: bytes sent, parameters, saved activation bytes (``measured``), and
     wire bytes (``wire derived``: the ring formula applied to the counted payloads)."""
-    if not rows or not measured:
-        raise ValueError("rows and measured must not be empty")
+    measured = _args.sequence("measured", measured, of=dict, non_empty=True,
+                              what="one dict per rank (measure_worker's output)")
+    rows = _args.rows("rows", rows, keys=TABLE_KEYS)
     out = []
     for r in rows:
         name = r["strategy"]

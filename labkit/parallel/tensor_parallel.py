@@ -39,6 +39,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from labkit import _args
 from labkit.models import count_parameters
 from labkit.parallel.comm import CountingComm, require_group
 from labkit.parallel.launch import rank_device
@@ -85,8 +86,10 @@ class _GatherFromParallel(torch.autograd.Function):
 
 def shard(tensor: torch.Tensor, dim: int, rank: int, world_size: int) -> torch.Tensor:
     """Rank ``rank``'s equal slice of ``tensor`` along ``dim`` (a copy)."""
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    _args.tensor("tensor", tensor)
+    dim = _args.integer("dim", dim, minimum=-max(tensor.dim(), 1), maximum=max(tensor.dim(), 1) - 1)
+    world_size = _args.positive_int("world_size", world_size)
+    rank = _args.non_negative_int("rank", rank)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
     if tensor.shape[dim] % world_size:
@@ -102,9 +105,13 @@ def _dense_init(in_features, out_features, bias, generator, device, dtype):
     return w, b
 
 
-def _check_comm(comm):
-    if not isinstance(comm, CountingComm):
-        raise TypeError(f"comm must be a labkit.parallel.comm.CountingComm, got {type(comm).__name__}")
+def _check_layer(in_features, out_features, comm, bias) -> tuple[int, int]:
+    """The checks both parallel Linears share; returns the two sizes as ints."""
+    in_features = _args.positive_int("in_features", in_features)
+    out_features = _args.positive_int("out_features", out_features)
+    _args.instance("comm", comm, CountingComm, "a labkit.parallel.comm.CountingComm")
+    _args.boolean("bias", bias)
+    return in_features, out_features
 
 
 class ColumnParallelLinear(nn.Module):
@@ -114,7 +121,8 @@ class ColumnParallelLinear(nn.Module):
                  gather_output: bool = False, device=None, dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None):
         super().__init__()
-        _check_comm(comm)
+        in_features, out_features = _check_layer(in_features, out_features, comm, bias)
+        _args.boolean("gather_output", gather_output)
         if out_features % comm.world_size:
             raise ValueError(f"out_features={out_features} must be divisible by the world size {comm.world_size}")
         self.comm, self.gather_output = comm, gather_output
@@ -148,7 +156,7 @@ class RowParallelLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, comm: CountingComm, bias: bool = True,
                  device=None, dtype: torch.dtype | None = None, generator: torch.Generator | None = None):
         super().__init__()
-        _check_comm(comm)
+        in_features, out_features = _check_layer(in_features, out_features, comm, bias)
         if in_features % comm.world_size:
             raise ValueError(f"in_features={in_features} must be divisible by the world size {comm.world_size}")
         self.comm = comm
@@ -183,11 +191,9 @@ def parallelize_mlp(model: nn.Module, comm: CountingComm, *, layout: str = "mega
     and one backward per pair; needs an even number of Linears). ``layout='gather'``: the naive
     way, every Linear column-parallel and its output gathered whole before the next layer (an
     all-gather forward and an all-reduce backward per layer)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    _check_comm(comm)
-    if layout not in ("megatron", "gather"):
-        raise ValueError(f"layout must be 'megatron' or 'gather', got {layout!r}")
+    _args.module("model", model)
+    _args.instance("comm", comm, CountingComm, "a labkit.parallel.comm.CountingComm")
+    _args.choice("layout", layout, ("megatron", "gather"))
     model = copy.deepcopy(model)
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if layout == "megatron" and (not linears or len(linears) % 2):

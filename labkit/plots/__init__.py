@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from labkit import _args
 
 
 def _axes(ax=None, figsize=(6, 4)):
@@ -39,6 +43,9 @@ def plot_history(history, keys: Sequence[str] | None = None, *, ax=None, title: 
 def plot_bars(values: Mapping[str, float], *, ax=None, ylabel: str = "", title: str = "",
               errors: Mapping[str, float] | None = None, fmt: str = "{:.3g}"):
     """A labelled bar chart of ``{name: value}`` with optional error bars and value labels."""
+    _args.mapping("values", values, what="a dict {name: value}")
+    if errors is not None:
+        _args.mapping("errors", errors, what="a dict {name: error}")
     if not values:
         raise ValueError("values is empty")
     ax = _axes(ax)
@@ -55,10 +62,13 @@ def plot_bars(values: Mapping[str, float], *, ax=None, ylabel: str = "", title: 
 def plot_lines(x: Sequence[float], series: Mapping[str, Sequence[float]], *, ax=None, xlabel: str = "",
                ylabel: str = "", title: str = "", logx: bool = False, logy: bool = False):
     """Several named series against one x axis."""
+    x = list(_args.iterable("x", x, "a list of x values"))
+    _args.mapping("series", series, what="a dict {name: list of y values}")
     if not series:
         raise ValueError("series is empty")
     ax = _axes(ax)
     for name, ys in series.items():
+        ys = list(_args.iterable(f"series[{name!r}]", ys, "a list of y values"))
         if len(ys) != len(x):
             raise ValueError(f"series {name!r} has {len(ys)} points but x has {len(x)}")
         ax.plot(x, ys, marker="o", label=name)
@@ -77,10 +87,9 @@ def plot_roofline(peak_gflops: float, bandwidth_gbs: float, points: Sequence[Map
 
     ``points`` are dicts with ``intensity`` (FLOP/byte), ``gflops`` and an optional ``label``.
     """
-    if peak_gflops <= 0 or bandwidth_gbs <= 0:
-        raise ValueError("peak_gflops and bandwidth_gbs must be positive")
-    import numpy as np
-
+    peak_gflops = _args.positive_float("peak_gflops", peak_gflops)
+    bandwidth_gbs = _args.positive_float("bandwidth_gbs", bandwidth_gbs)
+    points = _args.rows("points", points, keys=("intensity", "gflops"), non_empty=False)
     ax = _axes(ax)
     ridge = peak_gflops / bandwidth_gbs
     xs = np.logspace(-2, max(3, np.log10(ridge) + 1.5), 200)
@@ -100,8 +109,8 @@ def plot_images(images, labels: Sequence | None = None, *, ncols: int = 8, title
 
     Used in ``00_welcome_and_setup`` to look at the bundled digits and MNIST images.
     """
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols <= 0:
-        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    ncols = _args.positive_int("ncols", ncols)
+    _args.instance("images", images, (torch.Tensor, np.ndarray), "a tensor or array shaped (N, H, W) or (N, 1, H, W)")
     if len(images) == 0:
         raise ValueError("images is empty")
     if getattr(images, "ndim", 0) not in (3, 4):

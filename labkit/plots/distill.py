@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from labkit import _args
 from labkit.plots import _axes
 
 
@@ -42,7 +43,7 @@ def class_similarity(logits: torch.Tensor, labels: torch.Tensor, *, temperature:
 
 def plot_similarity(similarity: torch.Tensor, *, ax=None, title: str = "Where the teacher's doubt goes"):
     """A heat map of :func:`class_similarity` (rows: true digit, columns: other digits)."""
-    s = torch.as_tensor(similarity).float()
+    s = _args.tensor("similarity", similarity).float()
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
         raise ValueError(f"similarity must be a square matrix, got shape {tuple(s.shape)}")
     ax = _axes(ax, figsize=(5, 4.5))
@@ -60,6 +61,7 @@ def plot_similarity(similarity: torch.Tensor, *, ax=None, title: str = "Where th
 
 def plot_soft_targets(probs: Mapping[float, torch.Tensor], *, ax=None, title: str = "", class_names: Sequence[str] | None = None):
     """Grouped bars: one image's class probabilities, one colour per temperature ``{T: probs}``."""
+    _args.mapping("probs", probs, what="a dict {temperature: probabilities}")
     if not probs:
         raise ValueError("probs is empty")
     ax = _axes(ax)
@@ -82,6 +84,7 @@ def plot_soft_targets(probs: Mapping[float, torch.Tensor], *, ax=None, title: st
 
 def plot_sweep(results: Mapping[tuple[float, float], float], *, ax=None, title: str = "", fmt: str = "{:.1%}"):
     """Heat map of ``{(temperature, alpha): value}`` with the values written in the cells."""
+    _args.mapping("results", results, what="a dict {(temperature, alpha): value}")
     if not results:
         raise ValueError("results is empty")
     temps = sorted({t for t, _ in results})
@@ -113,6 +116,9 @@ def plot_pareto(rows: Sequence[Mapping], *, x: str, y: str = "accuracy", front: 
     from matplotlib.lines import Line2D
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+    rows = _args.rows("rows", rows, non_empty=False)
+    _args.text("x", x)
+    _args.text("y", y)
     if not rows:
         raise ValueError("rows is empty")
     missing = [k for k in (x, y, "step") if any(k not in r for r in rows)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from labkit import _args
 from labkit.plots import _axes
 
 MEMORY_PARTS = ("parameters", "gradients", "optimizer_state", "activations")
@@ -23,6 +24,9 @@ MEMORY_PARTS = ("parameters", "gradients", "optimizer_state", "activations")
 
 def plot_phase_split(fractions: Mapping[str, float], *, ax=None, title: str = "Where one training step's time goes"):
     """A 100% horizontal bar: each phase's share of the step's wall time, labelled in %."""
+    _args.mapping("fractions", fractions, what="a dict {phase: share}")
+    for name, share in fractions.items():
+        _args.real(f"fractions[{name!r}]", share)
     if not fractions or any(v < 0 for v in fractions.values()):
         raise ValueError("fractions must be a non-empty mapping of phase -> share >= 0")
     ax = _axes(ax, figsize=(8, 2.2))
@@ -40,9 +44,12 @@ def plot_phase_split(fractions: Mapping[str, float], *, ax=None, title: str = "W
 def plot_memory_breakdown(rows: Mapping[str, Mapping[str, float]], *, ax=None, unit: float = 1e6,
                           title: str = "Memory of one training step"):
     """Stacked bars, one per configuration: ``rows = {'Adam': {'parameters': bytes, ...}}``."""
+    _args.mapping("rows", rows, what="a dict {configuration: {part: bytes}}")
+    unit = _args.positive_float("unit", unit)
     if not rows:
         raise ValueError("rows is empty")
     for name, parts in rows.items():
+        _args.mapping(f"rows[{name!r}]", parts)
         missing = set(MEMORY_PARTS) - set(parts)
         if missing:
             raise ValueError(f"row {name!r} lacks {sorted(missing)}")
@@ -61,6 +68,7 @@ def plot_memory_breakdown(rows: Mapping[str, Mapping[str, float]], *, ax=None, u
 def plot_tradeoff(points: Sequence[Mapping], *, x: str = "time_ratio", y: str = "memory_ratio", label: str = "segments",
                   ax=None, title: str = "Gradient checkpointing: memory for time"):
     """One labelled point per setting, e.g. ``{'segments': 4, 'time_ratio': 1.3, 'memory_ratio': 0.4}``."""
+    points = _args.rows("points", points, non_empty=False)
     if not points:
         raise ValueError("points is empty")
     for p in points:
@@ -82,6 +90,7 @@ def plot_tradeoff(points: Sequence[Mapping], *, x: str = "time_ratio", y: str = 
 def plot_throughput(rows: Sequence[Mapping], *, ax=None, value: str = "samples_per_s",
                     title: str = "DataLoader throughput"):
     """Grouped bars: one group per ``row['data']``, one bar per ``row['config']``."""
+    rows = _args.rows("rows", rows, non_empty=False)
     if not rows:
         raise ValueError("rows is empty")
     for r in rows:

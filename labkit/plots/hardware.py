@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from labkit import _args
 from labkit.plots import _axes
 
 
 def _series(rows: Sequence[Mapping], key: str) -> dict[str, tuple[list[int], list[float]]]:
     """Group matmul rows by (device, dtype): ``{'cpu float32': ([n...], [value...])}``."""
+    rows = _args.rows("rows", rows, non_empty=False)
     if not rows:
         raise ValueError("rows is empty: pass the output of labkit.hardware.matmul_sweep")
     out: dict[str, tuple[list[int], list[float]]] = {}
@@ -27,6 +29,13 @@ def _series(rows: Sequence[Mapping], key: str) -> dict[str, tuple[list[int], lis
     return out
 
 
+def _positive_peak(peak_gflops) -> float:
+    value = _args.real("peak_gflops", peak_gflops)
+    if value <= 0:
+        raise ValueError(f"peak_gflops must be positive, got {peak_gflops}")
+    return value
+
+
 def plot_matmul_sweep(rows: Sequence[Mapping], *, peak_gflops: float | None = None, ax=None,
                       title: str = "Matmul speed grows with size"):
     """Achieved GFLOP/s against matrix size ``n``, one line per device and dtype.
@@ -38,8 +47,7 @@ def plot_matmul_sweep(rows: Sequence[Mapping], *, peak_gflops: float | None = No
     for name, (xs, ys) in _series(rows, "gflops").items():
         ax.plot(xs, ys, marker="o", label=name)
     if peak_gflops is not None:
-        if peak_gflops <= 0:
-            raise ValueError(f"peak_gflops must be positive, got {peak_gflops}")
+        _positive_peak(peak_gflops)
         ax.axhline(peak_gflops, color="k", ls="--", lw=1, label=f"peak estimate {peak_gflops:.0f}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -55,8 +63,7 @@ def plot_matmul_times(rows: Sequence[Mapping], *, peak_gflops: float, ax=None,
     Where the measured line flattens above the ideal one, the call's fixed cost (Python,
     dispatch, thread start-up) dominates; where the two run parallel, arithmetic does.
     """
-    if peak_gflops <= 0:
-        raise ValueError(f"peak_gflops must be positive, got {peak_gflops}")
+    peak_gflops = _positive_peak(peak_gflops)
     ax = _axes(ax)
     sizes: set[int] = set()
     for name, (xs, ys) in _series(rows, "seconds").items():
@@ -73,6 +80,7 @@ def plot_matmul_times(rows: Sequence[Mapping], *, peak_gflops: float, ax=None,
 
 def plot_thread_scaling(rows: Sequence[Mapping], *, ax=None, title: str = "Thread scaling"):
     """Speed-up over one thread against the thread count, beside the ideal (``speedup = threads``)."""
+    rows = _args.rows("rows", rows, non_empty=False)
     if not rows:
         raise ValueError("rows is empty: pass the output of labkit.hardware.thread_scaling")
     if any({"threads", "speedup"} - set(r) for r in rows):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from labkit import _args
 from labkit.parallel.schedule import (
     SCHEDULES,
     Slot,
@@ -26,18 +27,14 @@ from labkit.parallel.schedule import (
     make_schedule,
     peak_in_flight,
 )
+from labkit.plots import _axes
 from labkit.widgets import explorer, widgets_available
-
-
-def _axes(ax, figsize=(6, 4)):
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
 
 
 def plot_allreduce(rows: Sequence[dict], model=None, *, ax=None, title: str = "All-reduce time against size"):
     """Measured all-reduce seconds against bytes (log-log), one line per (impl, world size),
     with ``model.predict`` (a :class:`labkit.parallel.cost.CostModel`) dashed when given."""
+    rows = _args.rows("rows", rows, keys=("impl", "world_size", "bytes", "seconds"), non_empty=False)
     if not rows:
         raise ValueError("rows is empty: pass the rows of allreduce_sweep")
     ax = _axes(ax)
@@ -61,6 +58,8 @@ def plot_step_breakdown(timings: Sequence[dict], predicted: Sequence[float] | No
                         title: str = "One data-parallel step (same global batch)"):
     """Stacked bars of compute / optimizer / communication per world size (rows of
     ``step_timing``), with the measured naive and DDP steps and the model's prediction marked."""
+    timings = _args.rows("timings", timings, non_empty=False,
+                         keys=("compute", "optimizer", "comm", "naive_step", "ddp_step", "world_size", "threads"))
     if not timings:
         raise ValueError("timings is empty: pass the rows of step_timing")
     ax = _axes(ax, (8, 4))
@@ -85,6 +84,7 @@ def plot_step_breakdown(timings: Sequence[dict], predicted: Sequence[float] | No
 def plot_timeline(timeline: dict, *, ax=None, title: str = "When gradient buckets are sent"):
     """One step from the start of backward: the backward span, each bucket's all-reduce launch,
     and the end of the step (a timeline from ``step_timing``)."""
+    _args.mapping("timeline", timeline, what="a timeline dict from step_timing")
     if "events" not in timeline or "backward_end" not in timeline:
         raise ValueError("timeline needs 'events' and 'backward_end' (from step_timing)")
     ax = _axes(ax, (8, 2.5))
@@ -120,7 +120,7 @@ def schedule_view(stages: int = 4, micro_batches: int = 8, schedule: str = "gpip
 
 def gantt_bars(slots: Sequence[Slot]) -> dict[int, list[tuple[float, float, str, str]]]:
     """Per stage, ``(start, duration, colour, label)`` bars in time order - what the chart draws."""
-    slots = list(slots)
+    slots = list(_args.iterable("slots", slots, "a list of Slot"))
     if not slots or not all(isinstance(s, Slot) for s in slots):
         raise ValueError("slots must be a non-empty list of Slot")
     bars: dict[int, list] = {}
@@ -131,6 +131,7 @@ def gantt_bars(slots: Sequence[Slot]) -> dict[int, list[tuple[float, float, str,
 
 def plot_gantt(slots: Sequence[Slot], *, ax=None, title: str = "", unit: str = "time units", labels: bool = True):
     """Gantt chart: stage 0 on top, time to the right, F blue and B orange, idle left blank."""
+    slots = list(_args.iterable("slots", slots, "a list of Slot"))
     bars = gantt_bars(slots)
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 0.6 * len(bars) + 1.2))
@@ -155,7 +156,9 @@ def plot_planned_vs_measured(measured: Sequence[Slot], t_forward: float, t_backw
                              schedule: str = "gpipe", *, axes=None):
     """Two Gantt charts on one time axis: the plan simulated with the measured median op times,
     and the measured run (seconds, shifted to start at 0)."""
-    measured = list(measured)
+    measured = list(_args.iterable("measured", measured, "a list of Slot"))
+    t_forward = _args.positive_float("t_forward", t_forward)
+    t_backward = _args.positive_float("t_backward", t_backward)
     if not measured:
         raise ValueError("measured is empty")
     p = len({s.stage for s in measured})

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from labkit import _args
 from labkit.plots import _axes
 
 
@@ -19,10 +20,13 @@ def plot_weight_histogram(weights: Mapping[str, torch.Tensor], *, ax=None, bins:
     A magnitude-pruned tensor shows a spike at 0 and a gap around it; an L1-trained one a spike
     at 0 and tails that shrank.
     """
+    _args.mapping("weights", weights, what="a dict {label: weight tensor}")
+    bins = _args.positive_int("bins", bins)
     if not weights:
         raise ValueError("weights is empty")
     ax = _axes(ax)
-    values = {k: torch.as_tensor(v).detach().flatten().float().cpu() for k, v in weights.items()}
+    values = {k: _args.tensor(f"weights[{k!r}]", v, non_empty=True).detach().flatten().float().cpu()
+              for k, v in weights.items()}
     lo = min(float(v.min()) for v in values.values())
     hi = max(float(v.max()) for v in values.values())
     edges = torch.linspace(lo, hi, bins + 1).numpy()
@@ -41,6 +45,8 @@ def plot_sensitivity(result: Mapping[str, Sequence[float]], amounts: Sequence[fl
 
     The baseline (key ``""``) is drawn as a dashed line.
     """
+    _args.mapping("result", result, what="a dict {layer: accuracies} (sensitivity_analysis's result)")
+    amounts = _args.sequence("amounts", amounts)
     if not result:
         raise ValueError("result is empty")
     ax = _axes(ax)
@@ -59,10 +65,14 @@ def plot_sensitivity(result: Mapping[str, Sequence[float]], amounts: Sequence[fl
 def plot_accuracy_vs_sparsity(curves: Mapping[str, Sequence[tuple[float, float]]], *, baseline: float | None = None,
                               ax=None, title: str = "Accuracy vs sparsity"):
     """One line per method, each a list of ``(sparsity, accuracy)`` points."""
+    _args.mapping("curves", curves, what="a dict {method: [(sparsity, accuracy), ...]}")
+    if baseline is not None:
+        baseline = _args.real("baseline", baseline)
     if not curves:
         raise ValueError("curves is empty")
     ax = _axes(ax)
     for name, points in curves.items():
+        _args.sequence(f"curves[{name!r}]", points, non_empty=True, what="a list of (sparsity, accuracy) pairs")
         xs, ys = zip(*sorted(points))
         ax.plot(xs, ys, marker="o", label=name)
     if baseline is not None:

@@ -54,6 +54,7 @@ def grid_data(x: torch.Tensor, *, bits: int = 4, lo: float = -1.0, hi: float = 1
 def draw_grid(data: Mapping, *, fig=None):
     """Left: the values' histogram under the grid's levels. Right: error against value, with
     the ``+-scale/2`` band that rounding stays within (clipped values fall outside it)."""
+    _args.mapping("data", data, what="the dict grid_data() returns")
     for key in ("x", "x_hat", "error", "levels", "scale"):
         if key not in data:
             raise ValueError(f"data lacks {key!r}: pass the result of grid_data()")
@@ -81,6 +82,7 @@ def quant_explorer(x: torch.Tensor, *, bits: int = 4, lo: float | None = None, h
                    symmetric: bool = False, interactive: bool | None = None):
     """Sliders for bits and the range ``[lo, hi]`` (default: min-max of ``x``) redrawing
     :func:`draw_grid`; one static figure when widgets are unavailable. Returns the widget or None."""
+    _args.tensor("x", x, dtype="floating", non_empty=True)
     lo = float(x.min()) if lo is None else lo
     hi = float(x.max()) if hi is None else hi
     grid_data(x, bits=bits, lo=lo, hi=hi, symmetric=symmetric)  # validate before building sliders
@@ -112,8 +114,11 @@ def plot_error_vs_bits(curves: Mapping[str, Sequence[Mapping]], *, points: Seque
 
     ``points``: float formats to mark at their bit width, rows of
     :func:`labkit.quantize.formats.format_points` (fp8 e4m3 / e5m2, NF4)."""
+    _args.mapping("curves", curves, what="a dict {label: error_vs_bits rows}")
     if not curves:
         raise ValueError("curves is empty")
+    for label, rows in curves.items():
+        _args.rows(f"curves[{label!r}]", rows, keys=("bits", "sqnr_db", "mse"))
     points = _args.rows("points", points, keys=("format", "bits", "sqnr_db", "mse"), non_empty=False)
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -139,6 +144,9 @@ def plot_error_vs_bits(curves: Mapping[str, Sequence[Mapping]], *, points: Seque
 def plot_grouped(table: Mapping[str, Mapping[str, float]], *, ax=None, ylabel: str = "", title: str = "",
                  fmt: str = "{:.1f}"):
     """Bars grouped by outer key (e.g. bits) with one bar per inner key (e.g. granularity)."""
+    _args.mapping("table", table, what="a dict {group: {series: value}}")
+    for group, inner in table.items():
+        _args.mapping(f"table[{group!r}]", inner)
     if not table or not all(table.values()):
         raise ValueError("table is empty")
     ax = _axes(ax, figsize=(7, 3.6))
@@ -158,6 +166,7 @@ def plot_grouped(table: Mapping[str, Mapping[str, float]], *, ax=None, ylabel: s
 def plot_runtimes(rows: Sequence[Mapping], *, axes=None):
     """Speed-up (log scale) and size reduction of each runtime against fp32, as horizontal bars
     (rows of :func:`labkit.quantize.runtimes.measure_runtimes`)."""
+    rows = _args.rows("rows", rows, keys=("runtime", "speedup", "size_ratio"), non_empty=False)
     if not rows:
         raise ValueError("rows is empty")
     if axes is None:

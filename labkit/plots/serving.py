@@ -26,6 +26,8 @@ def decode_curve(*, bits: int, context: int, params: int, kv_bytes_per_position:
     stored at ``bits`` bits (``2 params`` FLOPs per token) and ``context`` cached positions of
     ``kv_bytes_per_position`` bytes per sequence. Also the memory-only line and the ridge batch."""
     bits = _args.choice("bits", _args.integer("bits", bits), WEIGHT_BITS)
+    bandwidth_gbs = _args.positive_float("bandwidth_gbs", bandwidth_gbs)
+    peak_gflops = _args.positive_float("peak_gflops", peak_gflops)
     context = _args.positive_int("context", context)
     params = _args.positive_int("params", params)
     max_batch = _args.positive_int("max_batch", max_batch)
@@ -44,6 +46,8 @@ def decode_curve(*, bits: int, context: int, params: int, kv_bytes_per_position:
 def draw_decode(data: Mapping, *, measured: Sequence[Mapping] = (), ax=None):
     """Tokens/s against batch (log-log): the roofline, the memory-only line, the compute ceiling,
     the ridge batch, and ``measured`` rows (``batch``, ``tokens_per_s``) if given."""
+    _args.mapping("data", data, what="the dict decode_curve() returns")
+    measured = _args.rows("measured", measured, keys=("batch", "tokens_per_s"), non_empty=False)
     for key in ("batches", "roofline", "memory_bound", "ridge_batch"):
         if key not in data:
             raise ValueError(f"data lacks {key!r}: pass the result of decode_curve()")
@@ -85,6 +89,7 @@ def decode_explorer(*, params: int, kv_bytes_per_position: int, bandwidth_gbs: f
 
 def plot_kv_speedup(rows: Sequence[Mapping], *, ax=None):
     """Time of the next token with and without the KV cache against the sequence length."""
+    rows = _args.rows("rows", rows, non_empty=False)
     if not rows:
         raise ValueError("rows is empty: pass labkit.serving.decode.kv_cache_speedup(...)")
     ax = _axes(ax, figsize=(6, 3.8))

@@ -181,9 +181,13 @@ def batch_sweep(model: nn.Module, batches, *, context: int, bandwidth_gbs: float
                 min_run_time: float = 0.3) -> list[dict]:
     """Decode tokens/s (measured and memory-bound prediction) for each batch size."""
     _check_gpt(model)
-    batches = [_args.positive_int("batches", b) for b in batches]
+    batches = [_args.positive_int(f"batches[{i}]", b)
+               for i, b in enumerate(_args.iterable("batches", batches, "a list of batch sizes"))]
     if not batches:
         raise ValueError("batches must not be empty")
+    context = _check_context(model, context)
+    _args.positive_float("bandwidth_gbs", bandwidth_gbs)
+    _args.positive_float("min_run_time", min_run_time)
     rows = []
     for b in batches:
         t = time_decode(model, context=context, batch=b, threads=threads, min_run_time=min_run_time)
@@ -200,7 +204,7 @@ def kv_cache_speedup(model: nn.Module, lengths, *, threads: int | None = None, m
     ``warmup`` untimed calls precede each timing (a recompute of a long sequence takes seconds)."""
     _check_gpt(model)
     warmup = _args.non_negative_int("warmup", warmup)
-    lengths = [_check_context(model, n) for n in lengths]
+    lengths = [_check_context(model, n) for n in _args.iterable("lengths", lengths, "a list of sequence lengths")]
     if not lengths:
         raise ValueError("lengths must not be empty")
     rows = []

@@ -44,10 +44,10 @@ import torch
 from torch import nn
 
 from labkit import _args
+from labkit.quantize.maths import choose_qparams, quantize
 
 ACT_DTYPES = (torch.bfloat16, torch.float32, torch.float16)
 GROUP_SIZES = (32, 64, 128, 256)
-_EPS = torch.finfo(torch.float32).eps  # the smallest scale, as in lesson 06's maths
 _ALIGN = 64  # bytes: the kernels use aligned vector loads on the activations
 
 
@@ -70,29 +70,25 @@ def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 codes ``(N, K)`` and float32 scales ``(N,)``: ``s_n = max|W_n| / 127.5``.
 
     Lesson 06's symmetric grid (PyTorch's observers): ``(qmax - qmin) / 2 = 127.5`` steps each
-    side of 0, and ``round(W * (1 / s))`` with a float32 reciprocal, as PyTorch's kernels round.
+    side of 0, and ``round(W * (1 / s))`` with a float32 reciprocal, as PyTorch's kernels round -
+    :func:`labkit.quantize.maths.choose_qparams` and :func:`~labkit.quantize.maths.quantize` per channel.
     """
     w = _check_weight(weight)
-    scale = (w.abs().amax(dim=1) / 127.5).clamp(min=_EPS)
-    codes = torch.round(w * (1.0 / scale)[:, None]).clamp(-128, 127).to(torch.int8)
-    return codes, scale
+    scale, zero = choose_qparams(w, bits=8, symmetric=True, granularity="per_channel", axis=0)
+    return quantize(w, scale, zero, bits=8, signed=True, axis=0), scale
 
 
 def int4_per_group(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Affine 4-bit codes ``(N, K)`` (int32, ``0..15``), scales and integer zero-points ``(N, K // g)``."""
+    """Affine 4-bit codes ``(N, K)`` (int32, ``0..15``), scales and integer zero-points ``(N, K // g)``:
+    :func:`labkit.quantize.maths.choose_qparams` and :func:`~labkit.quantize.maths.quantize`
+    per group (lesson 06's maths, ``round(W * (1/s) + z)`` with one rounding)."""
     w = _check_weight(weight)
     g = _args.choice("group_size", _args.integer("group_size", group_size), GROUP_SIZES)
     if w.shape[1] % g:
         raise ValueError(f"group_size {g} must divide the input size K={w.shape[1]}")
-    groups = w.reshape(w.shape[0], -1, g)
-    lo = groups.amin(-1).clamp(max=0.0)
-    hi = groups.amax(-1).clamp(min=0.0)
-    scale = ((hi - lo) / 15).clamp(min=_EPS)
-    zero = (-torch.round(lo / scale)).clamp(0, 15)
-    # round(W * (1/s) + z): float32 reciprocal, one fused multiply-add rounded to float32 (as lesson 06)
-    scaled = groups.double() * (1.0 / scale).double()[..., None] + zero.double()[..., None]
-    codes = torch.round(scaled.float()).clamp(0, 15)
-    return codes.reshape(w.shape).to(torch.int32), scale, zero.to(torch.int32)
+    scale, zero = choose_qparams(w, bits=4, granularity="per_group", group_size=g)
+    codes = quantize(w, scale, zero, bits=4, group_size=g)
+    return codes.to(torch.int32), scale, zero
 
 
 def _aligned_rows(x: torch.Tensor, k: int, act_dtype: torch.dtype) -> torch.Tensor:

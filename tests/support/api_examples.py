@@ -283,10 +283,54 @@ EXAMPLES.update({
     "bits": lambda c: 8, "params": lambda c: list(c.model.parameters()),
 })
 
+def _profile(c):
+    """A finished ``torch.profiler.profile`` of one small op."""
+    def build(c):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            torch.ones(4) + 1
+        return prof
+
+    return c.get("profile", build)
+
+
+for _name, _examples in {
+    "splice_solutions": {"submitted": lambda c: "x = 1"},
+    "instructor_cells": {"source": _notebook},
+    "recompile_trace": {"fn": lambda c: torch.sin, "sizes": lambda c: [2, 3]},
+    "training_state_bytes": {"n_params": lambda c: 1000},
+    "StepProfile": {"phases": lambda c: {"data": 0.1}, "wall": lambda c: 1.0, "table": lambda c: "",
+                    "top_ops": lambda c: ()},
+    "phase_times": {"events": lambda c: []},
+    "top_operators": {"prof": _profile},
+    "annotated_step": {"batches": lambda c: _import("labkit.efficiency.profiling.BatchStream")(c.loader)},
+    "linear_intensity": {"tokens": lambda c: 4, "d_in": lambda c: 4, "d_out": lambda c: 4},
+    "token_sweep": {"tokens": lambda c: [1, 2], "d_in": lambda c: 4, "d_out": lambda c: 4},
+    "predict_naive_step": {"row": lambda c: {"compute": 1e-3, "optimizer": 1e-4, "tensor_bytes": [1024],
+                                             "world_size": 2}},
+    "compare_table": {"measured": lambda c: [{"DP": {}}]},
+    "plot_similarity": {"similarity": lambda c: torch.eye(3)},
+    "plot_tradeoff": {"points": lambda c: [{"segments": 2, "time_ratio": 1.2, "memory_ratio": 0.5}]},
+    "plot_planned_vs_measured": {"t_forward": lambda c: 0.01, "t_backward": lambda c: 0.02},
+    "plot_timeline": {"timeline": lambda c: {"events": [{"event": "launch", "t": 1e-3, "bucket": 0, "bytes": 1024}],
+                                             "backward_end": 2e-3, "step_end": 3e-3}},
+    "plot_lines": {"x": lambda c: [1, 2], "series": lambda c: {"a": [1.0, 2.0]}},
+    "plot_accuracy_vs_sparsity": {"curves": lambda c: {"magnitude": [(0.5, 0.9), (0.9, 0.8)]}},
+    "plot_sensitivity": {"result": lambda c: {"": [0.9, 0.9], "1": [0.8, 0.7]}, "amounts": lambda c: [0.5, 0.9]},
+    "plot_weight_histogram": {"weights": lambda c: {"w": _t(4, 4)}},
+    "plot_error_vs_bits": {"curves": lambda c: {"a": [{"bits": 8, "sqnr_db": 40.0, "mse": 1e-4}]}},
+    "plot_grouped": {"table": lambda c: {"8": {"per_tensor": 1.0}}},
+    "naive_attention": {"k": lambda c: torch.randn(1, 2, 3, 4)},
+    "BatchLoss": {"loss": lambda c: torch.tensor(1.0)},
+}.items():
+    OVERRIDES.setdefault(_name, {}).update(_examples)
+for _name in ("decode_curve", "decode_explorer"):
+    OVERRIDES.setdefault(_name, {})["params"] = lambda c: 1000
+OVERRIDES.setdefault("batch_sweep", {})["context"] = lambda c: 4
+
 SKIP.update({
     "labkit.parallel.data_parallel.logging_comm_hook": "a DDP comm hook: torch calls it with a GradBucket "
                                                        "that only exists inside DDP's backward",
-    "labkit.parallel.strategies.counting_allreduce_hook": "a DDP comm hook (as above)",
+    "labkit.parallel.comm.counting_allreduce_hook": "a DDP comm hook (as above)",
     "labkit.train.pick": "returns `full` or `fast` unchanged: every value is valid by design",
     "labkit.parallel.launch.WorkerError": "an exception the launcher raises, not built by users",
 })
