@@ -14,6 +14,8 @@ The lesson is ``notebooks/05_pruning.ipynb``; the capstone (08) builds on the sa
 * :mod:`labkit.prune.nm` - masks from any score: N:M groups (2:4) and a fixed share per output row.
 * :mod:`labkit.prune.wanda` - calibration statistics of each Linear's inputs, Wanda's
   ``|W| * ||X_j||`` importance, and magnitude / Wanda pruning of a language model's Linear layers.
+* :mod:`labkit.prune.llm` - the course model's perplexity table (magnitude vs Wanda, 50% and 2:4),
+  the spread of its input norms, and a CUDA-only timing of 2:4 sparse kernels.
 
 A typical session::
 
@@ -24,6 +26,7 @@ A typical session::
     small = prune.ChannelPruner(cnn, cnn.example_inputs(), importance="l1", ratio=0.5).step()
 """
 
+from labkit.prune.llm import calibration_batches, norm_spread, pruning_table, time_semi_structured
 from labkit.prune.masks import (
     WeightMask,
     apply_masks_,
@@ -62,5 +65,6 @@ __all__ = [
     "CsrLinear", "dense_state_dict", "sparse_state_dict",
     "ChannelPruner", "l1_importance", "l2_importance", "zero_channels_",
     "is_nm_sparse", "nm_mask", "row_mask",
+    "calibration_batches", "norm_spread", "pruning_table", "time_semi_structured",
     "compute_linear_masks", "input_sq_norms", "linear_layers", "prune_linear_", "wanda_scores",
 ]
