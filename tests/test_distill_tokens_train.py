@@ -1,6 +1,7 @@
 """labkit.distill.lm: the student training through labkit.train.fit, against a loop written by hand."""
 
 import statistics
+from dataclasses import replace
 
 import pytest
 import torch
@@ -91,3 +92,9 @@ def test_wrapper_loss_is_plain_ce_for_scratch():
 def test_bad_input(teacher, call, err, words):
     with pytest.raises(err, match=words):
         call(teacher)
+
+
+def test_student_config_is_the_draft_within_the_teachers_context(teacher):
+    assert dlm.student_config(teacher) == replace(get_config("draft"), block_size=TINY.block_size)
+    assert dlm.student_config(GPT(get_config("course"))) == get_config("draft")
+    assert dlm.student_config(None) == get_config("draft")

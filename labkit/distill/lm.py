@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -72,13 +73,21 @@ class StudentWithTeacher(nn.Module):
                                        alpha=self.alpha, direction=self.kind)
 
 
+def student_config(teacher: nn.Module | None) -> GPTConfig:
+    """The ``"draft"`` config (1 layer, width 64), its context cut to the teacher's if that is
+    shorter (fast mode's tiny teacher sees 64 bytes)."""
+    draft = get_config("draft")
+    block = getattr(getattr(teacher, "config", None), "block_size", draft.block_size)
+    return replace(draft, block_size=min(draft.block_size, block))
+
+
 def train_student(teacher: nn.Module | None, *, kind: str = "forward", config: GPTConfig | None = None,
                   steps: int = 300, batch_size: int = 32, lr: float = 3e-3, temperature: float = 1.0,
                   alpha: float = 0.5, seed: int = 0, device=None, progress: bool = False) -> GPT:
-    """A fresh student GPT (``config``, default ``"draft"``) trained ``steps`` steps with ``kind``
+    """A fresh student GPT (``config``, default :func:`student_config`) trained ``steps`` steps with ``kind``
     (``"scratch"``, ``"forward"`` or ``"reverse"``); returned in eval mode on ``device``."""
     kind = _args.choice("kind", kind, LOSSES)
-    config = get_config("draft") if config is None else _args.instance("config", config, GPTConfig)
+    config = student_config(teacher) if config is None else _args.instance("config", config, GPTConfig)
     steps = _args.positive_int("steps", steps)
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10),
                              eval_every=steps, seed=seed)
