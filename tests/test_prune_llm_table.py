@@ -32,6 +32,10 @@ def test_table_rows_match_pruning_by_hand(tiny):
     by_hand = prune_linear_(copy.deepcopy(tiny), method="wanda", nm=(2, 4), sq_norms=input_sq_norms(tiny, calib))
     assert rows[4]["perplexity"] == pytest.approx(evaluate_lm(by_hand, val)["perplexity"])
     assert rows[1]["perplexity"] != rows[2]["perplexity"]  # the two methods prune differently
+    extra = llm.pruning_table(tiny, calibration=calib, val=val, device="cpu", ablation=True)[5:]
+    assert [(r["method"], r["pattern"]) for r in extra] == [("magnitude", "50% per row"), ("wanda", "50% per layer")]
+    by_row = prune_linear_(copy.deepcopy(tiny), method="magnitude", group="row")
+    assert extra[0]["perplexity"] == pytest.approx(evaluate_lm(by_row, val)["perplexity"])
 
 
 def test_calibration_comes_from_the_training_split():

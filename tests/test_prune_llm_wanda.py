@@ -109,3 +109,19 @@ def test_magnitude_unstructured_matches_masks_module():
 def test_bad_input(call, err, words):
     with pytest.raises(err, match=words):
         call(nn.Linear(8, 4))
+
+
+def test_group_overrides_where_scores_are_compared():
+    torch.manual_seed(3)
+    layer = nn.Linear(8, 4)
+    s = {"l": torch.rand(8) * 10}
+    w = layer.weight.detach()
+    by_row = compute_linear_masks({"l": layer}, method="magnitude", group="row")["l"]
+    assert bool((by_row.sum(1) == 4).all())
+    assert torch.equal(by_row, compute_linear_masks({"l": layer}, method="wanda", group="row",
+                                                    sq_norms={"l": torch.ones(8)})["l"])  # equal norms: |W| alone
+    by_layer = compute_linear_masks({"l": layer}, method="wanda", group="layer", sq_norms=s)["l"]
+    scores = w.abs() * s["l"].sqrt()
+    assert int(by_layer.sum()) == 16 and float(scores[by_layer].min()) >= float(scores[~by_layer].max())
+    with pytest.raises(ValueError, match="group"):
+        compute_linear_masks({"l": layer}, method="magnitude", group="column")

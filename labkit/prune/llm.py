@@ -43,6 +43,7 @@ from labkit.prune.wanda import input_sq_norms, linear_layers, prune_linear_
 from labkit.timing import time_fn
 
 SETTINGS = (("magnitude", "50%", None), ("wanda", "50%", None), ("magnitude", "2:4", (2, 4)), ("wanda", "2:4", (2, 4)))
+ABLATION = (("magnitude", "50% per row", "row"), ("wanda", "50% per layer", "layer"))
 
 
 def calibration_batches(block_size: int, *, batches: int = 8, batch_size: int = 16,
@@ -69,15 +70,19 @@ def norm_spread(sq_norms: dict[str, torch.Tensor]) -> list[dict]:
 
 
 def pruning_table(model: nn.Module, *, calibration: list[torch.Tensor] | None = None, val: torch.Tensor | None = None,
-                  max_batches: int | None = None, generator: torch.Generator | None = None, device=None) -> list[dict]:
+                  max_batches: int | None = None, ablation: bool = False, generator: torch.Generator | None = None,
+                  device=None) -> list[dict]:
     """Rows ``{"method", "pattern", "sparsity", "val_loss", "perplexity"}``: the dense ``model``
     then magnitude / Wanda at 50% unstructured and at 2:4, on copies (``model`` is unchanged).
 
     ``calibration`` defaults to :func:`calibration_batches` (8 x 16 windows of the training split,
     drawn with ``generator``); ``val`` to the course corpus's validation tokens; ``max_batches``
     shortens the evaluation (fast mode). ``sparsity`` is measured over the pruned layers.
+    ``ablation=True`` adds magnitude ranked per row and Wanda ranked per layer at 50%: with the
+    ranking group held equal, the rows isolate what the activation weighting alone does.
     """
     _args.module("model", model)
+    _args.boolean("ablation", ablation)
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError("model must be a labkit.lm GPT (it needs a .config with block_size)")
@@ -96,6 +101,9 @@ def pruning_table(model: nn.Module, *, calibration: list[torch.Tensor] | None = 
     rows = [row("dense", "-", model)]
     for method, pattern, nm in SETTINGS:
         pruned = prune_linear_(copy.deepcopy(model), method=method, sparsity=0.5, nm=nm, sq_norms=sq_norms)
+        rows.append(row(method, pattern, pruned))
+    for method, pattern, group in ABLATION if ablation else ():
+        pruned = prune_linear_(copy.deepcopy(model), method=method, sparsity=0.5, sq_norms=sq_norms, group=group)
         rows.append(row(method, pattern, pruned))
     return rows
 

@@ -39,6 +39,8 @@ from labkit.prune.masks import apply_masks_, magnitude_mask
 from labkit.prune.nm import check_nm, nm_mask, row_mask
 
 METHODS = ("magnitude", "wanda")
+GROUPS = ("layer", "row")
+DEFAULT_GROUP = {"magnitude": "layer", "wanda": "row"}  # as each method was published
 
 
 def linear_layers(model: nn.Module, *, exclude: Iterable[str] = ("head",)) -> dict[str, nn.Linear]:
@@ -118,18 +120,21 @@ def _check_nm_pair(nm) -> tuple[int, int]:
 
 
 def compute_linear_masks(layers: Mapping[str, nn.Linear], *, method: str = "wanda", sparsity: float = 0.5,
-                         nm: tuple[int, int] | None = None,
-                         sq_norms: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                         nm: tuple[int, int] | None = None, sq_norms: Mapping[str, torch.Tensor] | None = None,
+                         group: str | None = None) -> dict[str, torch.Tensor]:
     """Masks ``{name: bool mask}`` for ``layers`` by ``method`` (``"magnitude"`` or ``"wanda"``).
 
     With ``nm=(n, m)`` every group of ``m`` input weights keeps its ``n`` best (``sparsity`` is
     then ``1 - n/m`` and ignored). Without it, ``sparsity`` of each layer is removed: magnitude
     ranks the whole layer (``|W|``, like :func:`labkit.prune.masks.magnitude_mask`), Wanda each
     output row (``|W| * sqrt(s)``). Wanda needs ``sq_norms`` from :func:`input_sq_norms`.
+    ``group`` (``"layer"`` or ``"row"``) overrides where unstructured scores are compared - an
+    ablation that separates Wanda's two changes, the activation weighting and the per-row ranking.
     """
     _args.mapping("layers", layers, non_empty=True)
     method = _args.choice("method", method, METHODS)
     sparsity = _args.fraction("sparsity", sparsity)
+    group = DEFAULT_GROUP[method] if group is None else _args.choice("group", group, GROUPS)
     if nm is not None:
         n, m = _check_nm_pair(nm)
     if method == "wanda":
@@ -141,27 +146,26 @@ def compute_linear_masks(layers: Mapping[str, nn.Linear], *, method: str = "wand
     masks = {}
     for name, layer in layers.items():
         _args.module(f"layers[{name!r}]", layer, nn.Linear)
-        if method == "wanda":
-            scores = wanda_scores(layer.weight, sq_norms[name])
-            masks[name] = nm_mask(scores, n, m) if nm is not None else row_mask(scores, sparsity)
+        scores = wanda_scores(layer.weight, sq_norms[name]) if method == "wanda" else layer.weight.detach().abs()
+        if nm is not None:
+            masks[name] = nm_mask(scores, n, m)
         else:
-            w = layer.weight.detach()
-            masks[name] = nm_mask(w.abs(), n, m) if nm is not None else magnitude_mask(w, sparsity)
+            masks[name] = row_mask(scores, sparsity) if group == "row" else magnitude_mask(scores, sparsity)
     return masks
 
 
 def prune_linear_(model: nn.Module, *, method: str = "wanda", sparsity: float = 0.5, nm: tuple[int, int] | None = None,
                   calibration: Iterable | None = None, exclude: Iterable[str] = ("head",),
-                  sq_norms: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+                  sq_norms: Mapping[str, torch.Tensor] | None = None, group: str | None = None) -> nn.Module:
     """Prune ``model``'s Linear layers (except ``exclude``) in place; returns ``model``.
 
     ``method="wanda"`` needs ``calibration`` batches (statistics gathered here) or precomputed
-    ``sq_norms``. See :func:`compute_linear_masks` for ``sparsity`` and ``nm``.
+    ``sq_norms``. See :func:`compute_linear_masks` for ``sparsity``, ``nm`` and ``group``.
     """
     layers = linear_layers(model, exclude=exclude)
     if _args.choice("method", method, METHODS) == "wanda" and sq_norms is None:
         if calibration is None:
             raise ValueError("method='wanda' needs calibration batches (or sq_norms)")
         sq_norms = input_sq_norms(model, calibration, layers=layers)
-    masks = compute_linear_masks(layers, method=method, sparsity=sparsity, nm=nm, sq_norms=sq_norms)
+    masks = compute_linear_masks(layers, method=method, sparsity=sparsity, nm=nm, sq_norms=sq_norms, group=group)
     return apply_masks_(model, masks)
