@@ -1,0 +1,139 @@
+"""Distil the course language model into a smaller student, and compare with training from scratch.
+
+:func:`train_student` trains a fresh GPT (by default the ``"draft"`` config: 1 layer, width 64,
+the draft model of lesson 09's speculative decoding) on random windows of the course corpus's
+training split with ``labkit.train.fit`` - AdamW, warm-up then cosine, the schedule of
+``labkit.lm.train`` - and one of three losses (:mod:`labkit.distill.tokens`):
+
+    scratch   CE(student, next byte)                                 (no teacher)
+    forward   (1 - alpha) CE + alpha tau^2 KL(p_teacher || p_student)
+    reverse   (1 - alpha) CE + alpha tau^2 KL(p_student || p_teacher)
+
+``fit`` calls ``loss_fn(outputs, targets)``; the teacher's logits need the *inputs* too, so the
+student is wrapped in :class:`StudentWithTeacher`, whose forward keeps the batch's inputs for the
+loss. (Once ``labkit.train`` takes a ``loss_fn(model, batch)`` hook,
+:func:`labkit.distill.tokens.batch_loss` plugs in directly and the wrapper can go.)
+
+:func:`compare_students` runs every loss over several seeds (the same seed gives the same
+initial weights and the same batches to all three) and returns the validation perplexity of each
+run plus mean and standard deviation per loss. Used by lesson ``07_distillation``'s
+language-model section; tested in ``tests/test_distill_tokens_train.py``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+import labkit.train as loop
+from labkit import _args
+from labkit.devices import get_device
+from labkit.distill.tokens import token_distillation_loss
+from labkit.lm.corpus import RandomWindows, course_text, encode, split_ids
+from labkit.lm.evaluate import evaluate_lm
+from labkit.lm.model import GPT, GPTConfig, get_config
+from labkit.lm.train import TrainSettings, lr_factor
+
+LOSSES = ("scratch", "forward", "reverse")
+
+
+class StudentWithTeacher(nn.Module):
+    """``forward(x)`` returns the student's logits and keeps ``x``, so that :meth:`loss` (given
+    to ``fit`` as ``loss_fn``) can run the teacher on the same inputs. Only the student trains."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, *, kind: str, temperature: float, alpha: float):
+        super().__init__()
+        self.student = _args.module("student", student)
+        self.kind = _args.choice("kind", kind, LOSSES)
+        if self.kind != "scratch":
+            _args.module("teacher", teacher)
+        self.teacher = teacher if self.kind != "scratch" else None
+        self.temperature = _args.positive_float("temperature", temperature)
+        self.alpha = _args.fraction("alpha", alpha)
+        self.inputs: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs = x
+        return self.student(x)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``fit``'s ``loss_fn``: ``logits`` ``(B*T, V)`` and ``targets`` ``(B*T,)`` as fit flattens them."""
+        b, t = self.inputs.shape
+        logits, targets = logits.view(b, t, -1), targets.view(b, t)
+        if self.teacher is None:
+            return nn.functional.cross_entropy(logits.reshape(b * t, -1), targets.reshape(-1))
+        self.teacher.eval()
+        with torch.no_grad():
+            teacher_logits = self.teacher(self.inputs)
+        return token_distillation_loss(logits, teacher_logits, targets, temperature=self.temperature,
+                                       alpha=self.alpha, direction=self.kind)
+
+
+def student_config(teacher: nn.Module | None) -> GPTConfig:
+    """The ``"draft"`` config (1 layer, width 64), its context cut to the teacher's if that is
+    shorter (fast mode's tiny teacher sees 64 bytes)."""
+    draft = get_config("draft")
+    block = getattr(getattr(teacher, "config", None), "block_size", draft.block_size)
+    return replace(draft, block_size=min(draft.block_size, block))
+
+
+def train_student(teacher: nn.Module | None, *, kind: str = "forward", config: GPTConfig | None = None,
+                  steps: int = 300, batch_size: int = 32, lr: float = 3e-3, temperature: float = 1.0,
+                  alpha: float = 0.5, seed: int = 0, device=None, progress: bool = False) -> GPT:
+    """A fresh student GPT (``config``, default :func:`student_config`) trained ``steps`` steps with ``kind``
+    (``"scratch"``, ``"forward"`` or ``"reverse"``); returned in eval mode on ``device``."""
+    kind = _args.choice("kind", kind, LOSSES)
+    config = student_config(teacher) if config is None else _args.instance("config", config, GPTConfig)
+    steps = _args.positive_int("steps", steps)
+    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10),
+                             eval_every=steps, seed=seed)
+    dev = get_device(device)
+    generator = loop.seed_everything(settings.seed)
+    student = GPT(config)
+    wrapped = StudentWithTeacher(student, teacher, kind=kind, temperature=temperature, alpha=alpha).to(dev)
+    teacher_config = getattr(teacher, "config", None) if kind != "scratch" else None
+    if teacher_config is not None and (teacher_config.vocab_size != config.vocab_size
+                                       or teacher_config.block_size < config.block_size):
+        raise ValueError(f"the teacher (vocabulary {teacher_config.vocab_size}, context {teacher_config.block_size}) "
+                         f"must share the student's vocabulary ({config.vocab_size}) and see at least its "
+                         f"context ({config.block_size})")
+    train_ids = split_ids(encode(course_text()))[0]
+    windows = RandomWindows(train_ids, config.block_size, settings.batch_size, steps, generator=generator)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
+    loop.fit(wrapped, windows, epochs=1, optimizer=optimizer, loss_fn=wrapped.loss, device=dev, progress=progress,
+             after_step=lambda _model: schedule.step())
+    return student.eval()
+
+
+def _summary(runs: list[dict], kind: str) -> dict:
+    ppl = [r["perplexity"] for r in runs if r["kind"] == kind]
+    return {"kind": kind, "seeds": len(ppl), "mean": statistics.fmean(ppl),
+            "std": statistics.stdev(ppl) if len(ppl) > 1 else 0.0, "min": min(ppl), "max": max(ppl)}
+
+
+def compare_students(teacher: nn.Module, *, seeds: Iterable[int] = (0, 1, 2), kinds: Iterable[str] = LOSSES,
+                     steps: int = 300, max_batches: int | None = None, device=None, progress: bool = False,
+                     **train_kwargs) -> tuple[list[dict], list[dict]]:
+    """``(runs, summary)``: every ``kind`` x ``seed`` student's val loss and perplexity, then per
+    kind the mean, standard deviation (``statistics.stdev``), min and max of the perplexity.
+
+    ``train_kwargs`` go to :func:`train_student` (``config``, ``batch_size``, ``lr``,
+    ``temperature``, ``alpha``); ``max_batches`` shortens the evaluation (fast mode).
+    """
+    _args.module("teacher", teacher)
+    seeds = [_args.non_negative_int("seeds", s) for s in _args.sequence("seeds", list(seeds), non_empty=True)]
+    kinds = [_args.choice("kinds", k, LOSSES) for k in _args.sequence("kinds", list(kinds), non_empty=True)]
+    val = split_ids(encode(course_text()))[1]
+    runs = []
+    for seed in seeds:
+        for kind in kinds:
+            student = train_student(teacher, kind=kind, steps=steps, seed=seed, device=device, progress=progress,
+                                    **train_kwargs)
+            ev = evaluate_lm(student, val, max_batches=max_batches)
+            runs.append({"kind": kind, "seed": seed, "val_loss": ev["loss"], "perplexity": ev["perplexity"]})
+    return runs, [_summary(runs, kind) for kind in kinds]
