@@ -46,6 +46,10 @@ STATE = {
            "breakdown = {'Adam': memory.training_memory(m, torch.optim.Adam(m.parameters()), torch.randn(32, 64),\n"
            "                                            torch.randint(0, 10, (32,)))}\n"
            "n_params = models.count_parameters(m)"],
+    # the lesson's 24-layer MLP, narrower and on a smaller batch (the byte ratios depend on neither)
+    "02.6": ["plain = models.MLP((64,), hidden=(64,) * 24, num_classes=10)\n"
+             "xd = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))\n"
+             "plain_bytes = memory.saved_activation_bytes(plain.layers, xd)"],
     "03": ['DIGITS = load_arrays("digits")\nmodel = cost.CostModel(2e-4, 3e9, 1.0, 4, overhead=1e-4)'],
     # the lesson's fast-mode teacher (its first conv, 288 weights, is the layer 90% pruning breaks)
     "05.5": ['loaders = make_loaders(load_dataset("mnist_subset", limit=2000), batch_size=128, generator=seed_everything(0))\n'
@@ -153,6 +157,14 @@ WRONG = {
     "02.4 Adam bytes": [
         "return 3 * n_params * bytes_per_value",
         "return 2 * n_params * bytes_per_value",
+    ],
+    "02.6 segments for a memory budget": [
+        """return min(range(1, len(layers) + 1),
+                  key=lambda s: memory.saved_activation_bytes(memory.CheckpointedSequential(layers, s), x))""",  # least memory
+        "return round(math.sqrt(len(layers)))",  # the sqrt(n) rule of thumb, unmeasured
+        "return len(layers)",  # "more segments, less memory"
+        """return max(s for s in range(1, len(layers) + 1)
+                   if memory.saved_activation_bytes(memory.CheckpointedSequential(layers, s), x) <= budget_bytes)""",
     ],
     "02.5 Adam step": [
         [("m / (1 - b1**t), v / (1 - b2**t)", "m, v")],  # no bias correction
