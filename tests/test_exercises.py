@@ -15,9 +15,10 @@ point; 02 measures a small MLP's memory breakdown instead of the 24-layer one; 0
 digits and uses a made-up fitted cost model (alpha 0.2 ms, 3 GB/s, 0.1 ms per call), since
 fitting one needs processes; 05.5 trains the lesson's fast-mode teacher (marked slow); 06.5
 builds an MLP whose three layers are ranked differently by max|w|, by rms(w) and by their ratio
-(the trap); 08 uses made-up measured rows and gains (the pure functions are what the exercises
-test), 08.4 exports a small untrained CNN to ONNX three ways (marked slow); 09 uses a two-layer
-GPT and a made-up bandwidth instead of measuring one.
+(the trap); 07.4 uses random logits whose band is T = 2-4; 08 uses made-up measured rows and
+gains (the pure functions are what the exercises test), 08.4 exports a small untrained CNN to
+ONNX three ways (marked slow); 09 uses a two-layer GPT and a made-up bandwidth instead of
+measuring one.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ STATE = {
              "    middle.weight.normal_(0, 0.005, generator=gen)  # the smallest rms(w), a normal's crest factor\n"
              "    last.weight.normal_(0, 0.01, generator=gen)\n"
              "    last.weight[0, 0] = 0.09  # one outlier: the worst"],
+    # logits whose averaged top-1 / runner-up band (runner-up >= 10%, top-1 >= 50%) is T = 2, 3, 4
+    "07.4": ["z_test = 10 * torch.randn(300, 10, generator=torch.Generator().manual_seed(0))"],
     "08": ['rows = [{"step": "teacher", "latency_ms": 5.0, "accuracy": 0.99},\n'
            '        {"step": "student", "latency_ms": 1.0, "accuracy": 0.97},\n'
            '        {"step": "pruned", "latency_ms": 1.2, "accuracy": 0.96},\n'
@@ -264,6 +267,13 @@ WRONG = {
         [("    z = z - z.max(dim=-1, keepdim=True).values\n", "")],  # overflows on large logits
         [("z = logits / T", "z = logits")],
         [("e.sum(dim=-1", "e.sum(dim=0")],
+    ],
+    "07.4 which temperature": [
+        "return temperatures[0]",  # no softening: the runner-up is invisible
+        "return temperatures[-1]",  # as soft as possible: the top-1 is lost
+        """return max(T for T in temperatures
+                   if F.softmax(z / T, dim=1).topk(2, dim=1).values.mean(dim=0)[1] >= 0.10)""",  # top-1 ignored
+        [("F.softmax(z / T, dim=1)", "F.softmax(z * T, dim=1)")],  # multiplied: sharper, never in the band
     ],
     "07.2 the distillation loss": [
         [(" * T * T", "")],
