@@ -41,6 +41,7 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STATE = {
     "00": ['mnist = data.load_dataset("mnist_subset")\n'
            'loaders = data.make_loaders(mnist, batch_size=64, generator=train.seed_everything(0))'],
+    "00.4": ["mlp = models.MLP()"],
     "01": ['sweep = hardware.matmul_sweep((16, 64), (torch.float32,), device="cpu", min_run_time=0.01)\n'
            'ridge = 25.0  # FLOP/byte: 500 GFLOP/s over 20 GB/s'],
     "02": ["m = models.MLP((64,), hidden=(64, 64), num_classes=10)\n"
@@ -121,6 +122,11 @@ WRONG = {
     "00.3 Linear parameters": [
         "return in_features * out_features",
         [("(out_features if bias", "(in_features if bias")],
+    ],
+    "00.4 size on disk": [
+        "return models.count_parameters(model)",  # a byte per number
+        "return 8 * models.count_parameters(model)",  # Python floats are 8 bytes, tensors' are not
+        "return 2 * models.count_parameters(model)",  # half precision assumed
     ],
     "01.1 peak": [
         [("lanes * 2 * fma_units", "lanes * fma_units")],  # an FMA counted as one FLOP
