@@ -6,6 +6,7 @@
     labkit student [--src notebooks/] [--out student/]   the student set (labkit.classroom)
     labkit grade NOTEBOOK... [--csv FILE] [--source DIR]   grade learners' notebooks headless
     labkit course [--fast] [--out course-run/] [NAME...]   run every lesson as a learner would
+    labkit times [--check]   copy docs/lesson_times.json into the notebooks' Time lines and docs/INSTRUCTORS.md
 
 Each sub-command lives in its own module; this file only parses arguments and dispatches.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -98,11 +100,38 @@ def _course(args) -> int:
     from labkit.classroom.course import run_course, verdict
 
     try:
-        runs = run_course(args.notebooks, args.out, fast=args.fast, timeout=args.timeout, names=args.names)
+        runs = run_course(args.notebooks, args.out, fast=args.fast, timeout=args.timeout, names=args.names,
+                          times_file=_times_file(args))
     except ValueError as err:
         return _user_error("course", err)
     print(f"HTML copies and executed notebooks in {args.out}")
     return 0 if all(verdict(r) == "ok" for r in runs) else 1
+
+
+def _times_file(args):
+    """``--times``, else docs/lesson_times.json beside the notebooks folder if that docs/ exists
+    (a copy of the lessons elsewhere records nothing); '' records nothing."""
+    if args.times is not None:
+        return args.times or None
+    docs = Path(args.notebooks).resolve().parent / "docs"
+    return docs / "lesson_times.json" if docs.is_dir() else None
+
+
+def _times(args) -> int:
+    from labkit.classroom.course import lessons
+    from labkit.classroom.lesson_times import sync
+
+    try:
+        docs = Path(args.notebooks).resolve().parent / "docs"
+        times, guide = args.times or docs / "lesson_times.json", args.guide or docs / "INSTRUCTORS.md"
+        stale = sync(lessons(args.notebooks), times, guide, write=not args.check)
+    except ValueError as err:
+        return _user_error("times", err)
+    for path in stale:
+        print(f"{'out of date' if args.check else 'rewrote'}: {path}")
+    if not stale:
+        print(f"every Time line and {guide} agree with {times}")
+    return 1 if args.check and stale else 0
 
 
 COMMANDS = {
@@ -112,6 +141,7 @@ COMMANDS = {
     "student": (_student, "write the student set: solutions replaced by stubs, outputs cleared"),
     "grade": (_grade, "run learners' notebooks headless and report every exercise (table, CSV)"),
     "course": (_course, "run every lesson in order as a learner would, with HTML copies and times"),
+    "times": (_times, "copy docs/lesson_times.json into each notebook's Time line and docs/INSTRUCTORS.md"),
 }
 
 
@@ -140,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="course-run", help="where to write HTML and executed copies (default: course-run)")
     c.add_argument("--notebooks", default="notebooks", help="the lessons folder (default: notebooks)")
     c.add_argument("--timeout", type=float, default=900, help="seconds per lesson (default: 900)")
+    c.add_argument("--times", help="record each ok lesson's time here (default: docs/lesson_times.json beside "
+                                   "the notebooks folder, if that docs/ exists; '' records nothing)")
+    t = sub.add_parser("times", help=COMMANDS["times"][1])
+    t.add_argument("--check", action="store_true", help="only report what is out of date (exit 1 if anything is)")
+    t.add_argument("--notebooks", default="notebooks", help="the lessons folder (default: notebooks)")
+    t.add_argument("--times", help="the times file (default: docs/lesson_times.json beside the notebooks folder)")
+    t.add_argument("--guide", help="the instructors' guide (default: docs/INSTRUCTORS.md beside the notebooks folder)")
     return parser
 
 

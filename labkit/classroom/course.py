@@ -8,7 +8,9 @@ folder, exactly as a learner's "Run All" would: the full version (``LABKIT_FAST`
 page (nbconvert's ``HTMLExporter``) to read without Jupyter - and a table gives each lesson's
 run time, cells run, cell errors, exercise checks passed (the source notebooks hold the
 solutions, so all must pass) and a verdict. The target is the full course in under 20 minutes
-on a 2-core laptop CPU; docs/INSTRUCTORS.md quotes the measured times.
+on a 2-core laptop CPU. Given ``times_file`` (the CLI passes docs/lesson_times.json), the time of
+every lesson that ran ok is recorded there (:mod:`.lesson_times`), and ``labkit times`` copies
+it into each notebook's Time line and docs/INSTRUCTORS.md.
 
 Widgets draw their static figure here (``LABKIT_STATIC_WIDGETS=1``), because a saved HTML page
 can't run the kernel behind a slider; tests/test_browser.py checks the live widgets instead.
@@ -26,10 +28,10 @@ import nbformat
 from labkit import _args
 from labkit.checks import PASS
 from labkit.classroom.grading import NotebookRun, run_notebook
+from labkit.classroom.lesson_times import TARGET_MINUTES, record_runs
 from labkit.classroom.student import check_notebook
 
 LESSON = re.compile(r"^\d\d_.+\.ipynb$")
-TARGET_MINUTES = 20
 
 
 def lessons(notebooks_dir: str | os.PathLike) -> list[Path]:
@@ -88,17 +90,22 @@ def write_html(nb, path: str | os.PathLike) -> Path:
 
 
 def run_course(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fast: bool = False,
-               timeout: float = 900, names: Sequence[str] | None = None, echo: bool = True) -> list[NotebookRun]:
+               timeout: float = 900, names: Sequence[str] | None = None, echo: bool = True,
+               times_file: str | os.PathLike | None = None) -> list[NotebookRun]:
     """Run every lesson of ``notebooks_dir`` in order; write ``out_dir/NAME.ipynb`` and ``.html``.
 
     ``timeout`` bounds each lesson (seconds); ``names`` picks some lessons (a prefix such as
     ``"05"`` or a file name). Prints a line per lesson as it finishes, then :func:`course_table`
-    (``echo=False`` keeps quiet). Returns one :class:`~labkit.classroom.grading.NotebookRun` per lesson.
+    (``echo=False`` keeps quiet). ``times_file``: record the lessons that ran ok there
+    (:func:`~labkit.classroom.lesson_times.record_runs`). Returns one
+    :class:`~labkit.classroom.grading.NotebookRun` per lesson.
     """
     src, out = _args.path("notebooks_dir", notebooks_dir), _args.path("out_dir", out_dir)
     _args.boolean("fast", fast)
     _args.positive_float("timeout", timeout)
     _args.boolean("echo", echo)
+    if times_file is not None:
+        times_file = _args.path("times_file", times_file)
     if names is not None:
         _args.sequence("names", names, of=str)
     found = lessons(src)
@@ -126,4 +133,9 @@ def run_course(notebooks_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     (out / "summary.txt").write_text(table + "\n")
     if echo:
         print("\n" + table)
+    if times_file is not None:
+        recorded = record_runs(times_file, [r for r in runs if verdict(r) == "ok"], fast=fast)
+        if echo:
+            print(f"recorded the {'fast' if fast else 'full'} times of lessons {', '.join(recorded) or 'none'} in "
+                  f"{times_file}; `labkit times` copies them into the notebooks and docs/INSTRUCTORS.md")
     return runs
