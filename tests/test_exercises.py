@@ -243,6 +243,12 @@ WRONG = {
         [("2 * c_out", "c_out")],  # multiply-adds, not FLOPs
         [("c_out * c_in", "c_out")],
     ],
+    "05.6 wanda mask": [
+        [("weight.abs() * sq_norms.sqrt()[None, :]", "weight.abs()")],  # magnitude: the inputs ignored
+        [("sq_norms.sqrt()[None, :]", "sq_norms[None, :]")],  # the squared norm, not the norm
+        [("torch.sort(scores, dim=1, stable=True)", "torch.sort(scores, dim=1, descending=True, stable=True)")],
+        [("k = round(sparsity * weight.shape[1])", "k = round(sparsity * weight.shape[0])")],  # rows, not inputs
+    ],
     "06.1 scale and zero-point": [
         [("int(qmin - round(lo / scale))", "qmin - lo / scale")],  # an unrounded zero-point
         [("round(lo / scale)", "int(lo / scale)")],
@@ -289,6 +295,11 @@ WRONG = {
     "07.3 gap closed": [
         "return (teacher - distilled) / (teacher - scratch)",  # the gap left
         "return (distilled - scratch) / teacher",
+    ],
+    "07.5 reverse KL": [
+        [("(log_ps.exp() * (log_ps - log_pt))", "(log_pt.exp() * (log_pt - log_ps))")],  # the forward KL
+        [(".mean() * T * T", ".mean()")],  # no T^2
+        [(".sum(-1).mean()", ".mean()")],  # averaged over the vocabulary too
     ],
     "08.1 fold BatchNorm": [
         [("torch.sqrt(var + eps)", "torch.sqrt(var)")],
