@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import labkit.distill.lm as dlm
 from labkit.distill.tokens import batch_loss
@@ -71,15 +70,14 @@ def test_compare_students_summary(teacher):
     assert all(r["perplexity"] == pytest.approx(torch.tensor(r["val_loss"]).exp().item()) for r in runs)
 
 
-def test_wrapper_loss_is_plain_ce_for_scratch():
-    torch.manual_seed(0)
-    student = GPT(TINY)
-    wrapped = dlm.StudentWithTeacher(student, None, kind="scratch", temperature=1.0, alpha=0.5)
-    x = torch.randint(0, 256, (2, 8))
-    y = torch.randint(0, 256, (2, 8))
-    out = wrapped(x)
-    torch.testing.assert_close(wrapped.loss(out.reshape(16, -1), y.reshape(-1)),
-                               F.cross_entropy(out.reshape(16, -1), y.reshape(-1)))
+def test_scratch_does_not_use_the_teacher(teacher):
+    """kind="scratch" trains on the next byte alone: the teacher changes nothing (given the same config)."""
+    with_teacher = dlm.train_student(teacher, kind="scratch", config=TINY, steps=2, batch_size=4, device="cpu")
+    without = dlm.train_student(None, kind="scratch", config=TINY, steps=2, batch_size=4, device="cpu")
+    distilled = dlm.train_student(teacher, kind="forward", config=TINY, steps=2, batch_size=4, device="cpu")
+    for name, a in with_teacher.state_dict().items():
+        torch.testing.assert_close(a, without.state_dict()[name], msg=name)
+    assert not torch.equal(with_teacher.head.weight, distilled.head.weight)
 
 
 @pytest.mark.parametrize("call, err, words", [
@@ -88,6 +86,9 @@ def test_wrapper_loss_is_plain_ce_for_scratch():
     (lambda t: dlm.train_student(t, kind="forward", steps=0, config=TINY), ValueError, "steps"),
     (lambda t: dlm.train_student(t, kind="forward", config=get_config("course"), steps=1), ValueError, "context"),
     (lambda t: dlm.compare_students(t, seeds=()), ValueError, "seeds"),
+    (lambda t: dlm.train_student(t, kind="forward", alpha=1.5, config=TINY), ValueError, "alpha"),
+    (lambda t: dlm.train_student(t, kind="scratch", alpha=-1.0, config=TINY), ValueError, "alpha"),
+    (lambda t: dlm.student_config(object()), TypeError, "teacher"),
 ])
 def test_bad_input(teacher, call, err, words):
     with pytest.raises(err, match=words):

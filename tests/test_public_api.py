@@ -23,7 +23,7 @@ from labkit.parallel import cost, ring, schedule
 def test_every_public_callable_validates_its_required_arguments():
     """The issue-11 target: >= 97% of the bad inputs answered well, none silently accepted, no
     hang, no process started, and every callable with required arguments walked (at this
-    commit: 358 callables, 1349 bad inputs, 100% answered well)."""
+    commit: 410 callables, 1535 bad inputs, 100% answered well)."""
     result = walk(seconds=5.0)
     counts = result.counts()
     report = "\n" + result.report()

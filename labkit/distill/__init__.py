@@ -14,7 +14,7 @@ The public names are re-exported here, so ``from labkit import distill`` then
 """
 
 from labkit.distill.feature import FeatureHint, make_regressor
-from labkit.distill.lm import StudentWithTeacher, compare_students, train_student
+from labkit.distill.lm import compare_students, train_student
 from labkit.distill.loop import distill, gap_closed
 from labkit.distill.loss import (
     IGNORE_INDEX,
@@ -29,5 +29,5 @@ from labkit.distill.transfer_set import few_labels, pseudo_labels, shifted_copie
 __all__ = ["IGNORE_INDEX", "FeatureHint", "distill", "distillation_loss", "few_labels", "gap_closed",
            "hard_label_loss", "make_regressor", "pseudo_labels", "shifted_copies", "soft_target_loss",
            "soft_targets", "teacher_logits",
-           "StudentWithTeacher", "batch_loss", "compare_students", "token_distillation_loss", "token_kl",
+           "batch_loss", "compare_students", "token_distillation_loss", "token_kl",
            "train_student"]

@@ -9,10 +9,10 @@ training split with ``labkit.train.fit`` - AdamW, warm-up then cosine, the sched
     forward   (1 - alpha) CE + alpha tau^2 KL(p_teacher || p_student)
     reverse   (1 - alpha) CE + alpha tau^2 KL(p_student || p_teacher)
 
-``fit`` calls ``loss_fn(outputs, targets)``; the teacher's logits need the *inputs* too, so the
-student is wrapped in :class:`StudentWithTeacher`, whose forward keeps the batch's inputs for the
-loss. (Once ``labkit.train`` takes a ``loss_fn(model, batch)`` hook,
-:func:`labkit.distill.tokens.batch_loss` plugs in directly and the wrapper can go.)
+The teacher's logits need the batch's *inputs*, not only the student's outputs, so the loss is
+given to ``fit`` as its batch-loss hook ``batch_loss(model, batch)``:
+:func:`labkit.distill.tokens.batch_loss` runs the student and (eval mode, no gradients) the
+teacher on each ``(x, y)`` window batch; for ``"scratch"`` it is plain next-byte cross-entropy.
 
 :func:`compare_students` runs every loss over several seeds (the same seed gives the same
 initial weights and the same batches to all three) and returns the validation perplexity of each
@@ -32,7 +32,7 @@ from torch import nn
 import labkit.train as loop
 from labkit import _args
 from labkit.devices import get_device
-from labkit.distill.tokens import token_distillation_loss
+from labkit.distill.tokens import batch_loss
 from labkit.lm.corpus import RandomWindows, course_text, encode, split_ids
 from labkit.lm.evaluate import evaluate_lm
 from labkit.lm.model import GPT, GPTConfig, get_config
@@ -41,41 +41,11 @@ from labkit.lm.train import TrainSettings, lr_factor
 LOSSES = ("scratch", "forward", "reverse")
 
 
-class StudentWithTeacher(nn.Module):
-    """``forward(x)`` returns the student's logits and keeps ``x``, so that :meth:`loss` (given
-    to ``fit`` as ``loss_fn``) can run the teacher on the same inputs. Only the student trains."""
-
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, *, kind: str, temperature: float, alpha: float):
-        super().__init__()
-        self.student = _args.module("student", student)
-        self.kind = _args.choice("kind", kind, LOSSES)
-        if self.kind != "scratch":
-            _args.module("teacher", teacher)
-        self.teacher = teacher if self.kind != "scratch" else None
-        self.temperature = _args.positive_float("temperature", temperature)
-        self.alpha = _args.fraction("alpha", alpha)
-        self.inputs: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs = x
-        return self.student(x)
-
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``fit``'s ``loss_fn``: ``logits`` ``(B*T, V)`` and ``targets`` ``(B*T,)`` as fit flattens them."""
-        b, t = self.inputs.shape
-        logits, targets = logits.view(b, t, -1), targets.view(b, t)
-        if self.teacher is None:
-            return nn.functional.cross_entropy(logits.reshape(b * t, -1), targets.reshape(-1))
-        self.teacher.eval()
-        with torch.no_grad():
-            teacher_logits = self.teacher(self.inputs)
-        return token_distillation_loss(logits, teacher_logits, targets, temperature=self.temperature,
-                                       alpha=self.alpha, direction=self.kind)
-
-
 def student_config(teacher: nn.Module | None) -> GPTConfig:
     """The ``"draft"`` config (1 layer, width 64), its context cut to the teacher's if that is
     shorter (fast mode's tiny teacher sees 64 bytes)."""
+    if teacher is not None:
+        _args.module("teacher", teacher)
     draft = get_config("draft")
     block = getattr(getattr(teacher, "config", None), "block_size", draft.block_size)
     return replace(draft, block_size=min(draft.block_size, block))
@@ -87,25 +57,33 @@ def train_student(teacher: nn.Module | None, *, kind: str = "forward", config: G
     """A fresh student GPT (``config``, default :func:`student_config`) trained ``steps`` steps with ``kind``
     (``"scratch"``, ``"forward"`` or ``"reverse"``); returned in eval mode on ``device``."""
     kind = _args.choice("kind", kind, LOSSES)
+    if kind != "scratch":
+        _args.module("teacher", teacher)
     config = student_config(teacher) if config is None else _args.instance("config", config, GPTConfig)
     steps = _args.positive_int("steps", steps)
+    _args.fraction("alpha", alpha)
+    if kind == "scratch":  # the teacher, if given, only sets the context (student_config)
+        teacher, loss = None, batch_loss(None, temperature=temperature, alpha=0.0)
+    else:
+        loss = batch_loss(teacher, temperature=temperature, alpha=alpha, direction=kind)
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10),
                              eval_every=steps, seed=seed)
     dev = get_device(device)
     generator = loop.seed_everything(settings.seed)
     student = GPT(config)
-    wrapped = StudentWithTeacher(student, teacher, kind=kind, temperature=temperature, alpha=alpha).to(dev)
-    teacher_config = getattr(teacher, "config", None) if kind != "scratch" else None
+    teacher_config = getattr(teacher, "config", None)
     if teacher_config is not None and (teacher_config.vocab_size != config.vocab_size
                                        or teacher_config.block_size < config.block_size):
         raise ValueError(f"the teacher (vocabulary {teacher_config.vocab_size}, context {teacher_config.block_size}) "
                          f"must share the student's vocabulary ({config.vocab_size}) and see at least its "
                          f"context ({config.block_size})")
+    if teacher is not None:
+        teacher.to(dev)
     train_ids = split_ids(encode(course_text()))[0]
     windows = RandomWindows(train_ids, config.block_size, settings.batch_size, steps, generator=generator)
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
-    loop.fit(wrapped, windows, epochs=1, optimizer=optimizer, loss_fn=wrapped.loss, device=dev, progress=progress,
+    loop.fit(student, windows, epochs=1, optimizer=optimizer, batch_loss=loss, device=dev, progress=progress,
              after_step=lambda _model: schedule.step())
     return student.eval()
 

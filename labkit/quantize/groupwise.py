@@ -33,6 +33,7 @@ _FP16_TINY = 2.0**-24  # the smallest positive fp16 (subnormal): a scale never r
 
 def check_group(group_size, in_features: int) -> int:
     """``group_size`` as an int dividing ``in_features`` (the Linear's input width), or a clear error."""
+    in_features = _args.positive_int("in_features", in_features)
     g = _args.positive_int("group_size", group_size)
     if in_features % g:
         raise ValueError(f"group_size {g} must divide the input dimension ({in_features})")
@@ -42,6 +43,9 @@ def check_group(group_size, in_features: int) -> int:
 def group_qparams(lo: torch.Tensor, hi: torch.Tensor, *, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (rounded to fp16, kept as float32) and integer zero-point of the groups whose minima
     and maxima are ``lo`` and ``hi``; the zero-point is recomputed from the rounded scale."""
+    _args.tensor("lo", lo, dtype="floating")
+    _args.tensor("hi", hi, dtype="floating", shape=tuple(lo.shape))
+    _args.boolean("symmetric", symmetric)
     scale, _ = qparams_from_minmax(lo, hi, bits=bits, symmetric=symmetric)
     scale = scale.half().float().clamp(min=_FP16_TINY)
     qmin, qmax = qrange(bits, signed=symmetric)
@@ -54,6 +58,10 @@ def group_qparams(lo: torch.Tensor, hi: torch.Tensor, *, bits: int, symmetric: b
 def fake_quant_columns(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int,
                        symmetric: bool) -> torch.Tensor:
     """``s (clamp(round(w / s + z), qmin, qmax) - z)`` elementwise (``scale``/``zero`` broadcast to ``w``)."""
+    _args.tensor("w", w, dtype="floating")
+    _args.tensor("scale", scale, dtype="floating")
+    _args.tensor("zero", zero)
+    _args.boolean("symmetric", symmetric)
     qmin, qmax = qrange(bits, signed=symmetric)
     q = round_scaled(w.float(), scale, zero).clamp(qmin, qmax)
     return (q - zero) * scale

@@ -57,6 +57,7 @@ def weight_only_rows(model: nn.Module, calib: Sequence[torch.Tensor], val: torch
     ``act_order`` is passed to GPTQ (its group indices are not counted in ``bits_per_weight``)."""
     _args.module("model", model)
     calib = _args.sequence("calib", calib, of=torch.Tensor, non_empty=True)
+    _args.tensor("val", val, dtype="integer", ndim=1, non_empty=True)
     for m in _args.sequence("methods", methods, of=str, non_empty=True):
         _args.choice("methods", m, METHODS)
     rows = [{"method": "fp32", "bits": 32, "group_size": None, "bits_per_weight": 32.0,
@@ -79,6 +80,7 @@ def weight_only_rows(model: nn.Module, calib: Sequence[torch.Tensor], val: torch
 def gap_closed(rows: Sequence[dict], method: str, *, bits: int = 3, group_size: int = 128) -> float:
     """``(ppl_rtn - ppl_method) / (ppl_rtn - ppl_fp32)`` from :func:`weight_only_rows`' rows."""
     rows = _args.rows("rows", rows, keys=("method", "bits", "group_size", "perplexity"))
+    method = _args.choice("method", method, ("fp32", *METHODS))
 
     def ppl(m, b=bits, g=group_size):
         found = [r["perplexity"] for r in rows if r["method"] == m and (m == "fp32" or (r["bits"], r["group_size"]) == (b, g))]
@@ -99,6 +101,7 @@ def outlier_rows(model: nn.Module, calib: Sequence[torch.Tensor], val: torch.Ten
     SmoothQuant(``alpha``) + W8A8. ``max_act``: the largest |input| of the first block's QKV."""
     _args.module("model", model)
     calib = _args.sequence("calib", calib, of=torch.Tensor, non_empty=True)
+    _args.tensor("val", val, dtype="integer", ndim=1, non_empty=True)
     rows = []
     for label, outliers in (("as trained", False), (f"outliers x{factor:g}", True)):
         base = copy.deepcopy(model)

@@ -42,6 +42,7 @@ def smooth_scales(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float =
 def smooth_(model: nn.Module, batches, *, alpha: float = 0.5) -> dict[str, torch.Tensor]:
     """SmoothQuant every (LayerNorm, Linear) pair of ``model`` in place; returns the scales used."""
     _args.module("model", model)
+    _args.iterable("batches", batches, "an iterable of input batches")
     alpha = _args.fraction("alpha", alpha)
     pairs = layernorm_pairs(model)
     modules = dict(model.named_modules())

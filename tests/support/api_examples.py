@@ -327,6 +327,84 @@ for _name in ("decode_curve", "decode_explorer"):
     OVERRIDES.setdefault(_name, {})["params"] = lambda c: 1000
 OVERRIDES.setdefault("batch_sweep", {})["context"] = lambda c: 4
 
+
+# --- the LLM compression modules (quantize.{groupwise,calibration,gptq,awq,migration,smoothquant,
+# lm_study}, prune.{nm,wanda,llm}, distill.tokens) --------------------------------------------------
+
+def _lm(c):
+    """A one-block GPT wide enough for the LLM studies' defaults (group size 128, outlier channel 40)."""
+    def build(c):
+        torch.manual_seed(0)
+        config = _import("labkit.lm.model.GPTConfig")(block_size=8, n_layer=1, n_head=2, n_embd=128)
+        return _import("labkit.lm.model.GPT")(config).eval()
+
+    return c.get("lm", build)
+
+
+def _windows(c):
+    return [torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(1))]
+
+
+def _hessian(k):
+    x = _t(2 * k, k)
+    return x.T @ x / (2 * k)
+
+
+for _name, _examples in {
+    "labkit.prune.llm.norm_spread": {"sq_norms": lambda c: {"fc": _t(8).abs()}},
+    "labkit.prune.nm.check_nm": {"n": lambda c: 2, "m": lambda c: 4},
+    "labkit.prune.nm.nm_mask": {"scores": lambda c: _t(4, 8).abs()},
+    "labkit.prune.nm.row_mask": {"scores": lambda c: _t(4, 8).abs(), "sparsity": lambda c: 0.5},
+    "labkit.prune.wanda.compute_linear_masks": {"layers": lambda c: {"fc": nn.Linear(8, 4)}},
+    "labkit.prune.wanda.wanda_scores": {"sq_norms": lambda c: _t(4).abs()},
+    "labkit.quantize.awq.awq_scales": {"absmean": lambda c: _t(4).abs()},
+    "labkit.quantize.calibration.capture_inputs": {"batches": lambda c: [c.x], "names": lambda c: ["1"]},
+    "labkit.quantize.calibration.layer_error": {"w_hat": lambda c: _t(4, 4) + 0.01, "x": lambda c: _t(6, 4)},
+    "labkit.quantize.gptq.column_update": {"w": lambda c: _t(4, 8), "i": lambda c: 2, "q": lambda c: _t(4).round(),
+                                           "h_inv_row": lambda c: torch.linalg.inv(_hessian(8))[2]},
+    "labkit.quantize.gptq.gptq_weight": {"weight": lambda c: _t(2, 128), "h": lambda c: _hessian(128)},
+    "labkit.quantize.gptq.obs_reference": {"weight": lambda c: _t(4, 8), "h": lambda c: _hessian(8)},
+    "labkit.quantize.groupwise.check_group": {"group_size": lambda c: 2, "in_features": lambda c: 4},
+    "labkit.quantize.groupwise.fake_quant_columns": {"w": lambda c: _t(4, 8), "scale": lambda c: torch.full((4, 1), 0.1),
+                                                     "zero": lambda c: torch.zeros(4, 1), "bits": lambda c: 4,
+                                                     "symmetric": lambda c: True},
+    "labkit.quantize.groupwise.group_qparams": {"lo": lambda c: -torch.ones(4), "hi": lambda c: torch.ones(4),
+                                                "bits": lambda c: 4, "symmetric": lambda c: False},
+    "labkit.quantize.groupwise.quantize_linears_": {"quantizer": lambda c: (lambda name, lin: lin.weight.detach().round())},
+    "labkit.quantize.lm_study.gap_closed": {
+        "rows": lambda c: [{"method": m, "bits": b, "group_size": g, "perplexity": p}
+                           for m, b, g, p in (("fp32", 32, None, 4.0), ("rtn", 3, 128, 6.0), ("gptq", 3, 128, 5.0))],
+        "method": lambda c: "gptq"},
+    "labkit.quantize.lm_study.outlier_rows": {"model": _lm, "calib": _windows, "val": lambda c: _windows(c)[0][0]},
+    "labkit.quantize.lm_study.weight_only_rows": {"model": _lm, "calib": _windows, "val": lambda c: _windows(c)[0][0]},
+    "labkit.quantize.migration.inject_outliers_": {"model": _gpt, "channels": lambda c: [1, 3], "factor": lambda c: 10.0},
+    "labkit.quantize.migration.migrate_scale_": {"prev": lambda c: nn.LayerNorm(4), "linear": lambda c: nn.Linear(4, 2),
+                                                 "s": lambda c: _t(4).abs() + 0.5},
+    "labkit.quantize.smoothquant.smooth_scales": {"act_absmax": lambda c: _t(4).abs()},
+    "labkit.quantize.smoothquant.smooth_": {"model": _gpt, "batches": _windows},
+    "labkit.quantize.awq.awq_quantize_": {"model": _lm, "batches": _windows},
+    "labkit.quantize.gptq.gptq_quantize_": {"model": _lm, "batches": _windows},
+    "labkit.quantize.groupwise.rtn_quantize_": {"model": _lm},
+    "labkit.quantize.groupwise.rtn_weight": {"weight": lambda c: _t(4, 128)},
+    "labkit.quantize.groupwise.bits_per_weight": {"bits": lambda c: 4, "group_size": lambda c: 128},
+    "labkit.quantize.awq.awq_search": {"weight": lambda c: _t(4, 128), "x": lambda c: _t(6, 128)},
+    "labkit.quantize.calibration.channel_stats": {"x": lambda c: _t(6, 4)},
+    "labkit.quantize.calibration.hessian": {"x": lambda c: _t(6, 4)},
+    "labkit.quantize.smoothquant.act_ranges": {"batches": lambda c: [c.x]},
+    "labkit.prune.wanda.input_sq_norms": {"batches": lambda c: [c.x]},
+    "labkit.quantize.formats.fake_quant_nf4": {"x": lambda c: _t(64)},
+    "labkit.quantize.formats.format_points": {"x": lambda c: _t(64)},
+    "labkit.quantize.migration.layernorm_pairs": {"model": _gpt},
+    "labkit.prune.llm.pruning_table": {"model": _gpt},
+    "labkit.distill.lm.train_student": {"teacher": _gpt},
+    "labkit.distill.lm.compare_students": {"teacher": _gpt},
+    "labkit.distill.tokens.token_kl": {"student_logits": lambda c: _t(2, 3, 5), "teacher_logits": lambda c: _t(2, 3, 5) + 1},
+    "labkit.distill.tokens.token_distillation_loss": {"student_logits": lambda c: _t(2, 3, 5),
+                                                      "teacher_logits": lambda c: _t(2, 3, 5) + 1,
+                                                      "targets": lambda c: torch.tensor([[0, 1, 2], [3, 4, 0]])},
+}.items():
+    OVERRIDES.setdefault(_name, {}).update(_examples)
+
 SKIP.update({
     "labkit.parallel.data_parallel.logging_comm_hook": "a DDP comm hook: torch calls it with a GradBucket "
                                                        "that only exists inside DDP's backward",
