@@ -110,6 +110,9 @@ def _row_cells(line: str) -> list[str]:
 def instructors_table(text: str, data: dict, exercises: dict[str, list[str]]) -> str:
     """``text`` (docs/INSTRUCTORS.md) with the lesson table's run time, session time and exercises
     columns and its total row rewritten from ``data`` and ``exercises`` ({number: check names})."""
+    _args.text("text", text)
+    _args.mapping("data", data)
+    _args.mapping("exercises", exercises)
     lines = text.split("\n")
     head = next((i for i, line in enumerate(lines) if line.startswith("|") and RUN_COLUMN in line), None)
     if head is None:
@@ -143,7 +146,7 @@ def sync(notebooks: Sequence[str | os.PathLike], times_file: str | os.PathLike, 
     ``course.lessons`` lists) and docs/INSTRUCTORS.md's lesson table from ``times_file``;
     return the files that were out of date (``write=False``: only report them)."""
     _args.boolean("write", write)
-    data, guide = read_times(times_file), _args.path("instructors", instructors)
+    data, guide = read_times(_args.path("times_file", times_file)), _args.path("instructors", instructors)
     changed, exercises = {}, {}  # everything is checked before anything is written
     for path in [_args.path(f"notebooks[{i}]", p) for i, p in enumerate(_args.sequence("notebooks", notebooks))]:
         number = path.name[:2]

@@ -405,6 +405,33 @@ for _name, _examples in {
 }.items():
     OVERRIDES.setdefault(_name, {}).update(_examples)
 
+
+# --- lesson times (labkit.classroom.lesson_times) ----------------------------------------------------
+
+def _times_file(c):
+    path = c.tmp / "lesson_times.json"
+    path.write_text('{"lessons": {}}')
+    return str(path)
+
+
+def _guide(c):
+    path = c.tmp / "INSTRUCTORS.md"
+    path.write_text(_GUIDE)
+    return str(path)
+
+
+_GUIDE = "| Lesson | run time, 2-core CPU | session time | exercises |\n|---|---|---|---|\n| **Total** | | | |\n"
+
+for _name, _examples in {
+    "labkit.classroom.lesson_times.record_runs": {"path": lambda c: str(c.tmp / "times.json"), "runs": lambda c: [],
+                                                  "fast": lambda c: True},
+    "labkit.classroom.lesson_times.instructors_table": {"text": lambda c: _GUIDE, "data": lambda c: {"lessons": {}},
+                                                        "exercises": lambda c: {}},
+    "labkit.classroom.lesson_times.sync": {"notebooks": lambda c: [], "times_file": _times_file, "instructors": _guide},
+    "labkit.classroom.lesson_times.time_paragraph": {"entry": lambda c: {}},
+}.items():
+    OVERRIDES.setdefault(_name, {}).update(_examples)
+
 SKIP.update({
     "labkit.parallel.data_parallel.logging_comm_hook": "a DDP comm hook: torch calls it with a GradBucket "
                                                        "that only exists inside DDP's backward",
