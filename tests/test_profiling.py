@@ -48,7 +48,10 @@ def test_profile_finds_all_phases_and_covers_the_step(tmp_path):
     assert set(prof.phases) == set(PHASES)
     assert all(v > 0 for v in prof.phases.values())
     assert prof.phases["forward"] >= 0.01  # the sleep is inside the forward range
-    assert 0.9 <= prof.coverage <= 1.0 + 1e-6  # phases are nested in the timed loop, so never above 1
+    # phases are nested in the timed loop, so never above 1; the 10 ms sleep dominates the step, so a
+    # phase left unmeasured drops coverage far below 0.5 (the bound leaves room for a loaded machine's
+    # gaps between ranges: 0.9 failed once at load average 8)
+    assert 0.5 <= prof.coverage <= 1.0 + 1e-6
     assert abs(sum(prof.fractions().values()) - 1) < 1e-9
     assert "aten::addmm" in prof.table
     assert prof.top_ops and all(not r["name"].startswith("step:") for r in prof.top_ops)
