@@ -144,6 +144,42 @@ def _code_cells(path: Path) -> int:
     return sum(c.cell_type == "code" and bool(c.source.strip()) for c in nb.cells)
 
 
+_PROGRESS = """() => {
+    const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+    const prompts = panel ? [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent) : [];
+    const errors = panel ? [...panel.querySelectorAll(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")]
+                           .map(e => e.innerText.slice(-2000)) : [];
+    const dialog = document.querySelector('.jp-Dialog');
+    return {running: prompts.filter(t => t.includes('*')).length, done: prompts.filter(t => /\\[\\d+\\]/.test(t)).length,
+            errors, dialog: dialog ? dialog.innerText.slice(0, 500) : ''};
+}"""
+
+
+def _run_all(page, n_code: int, timeout: float, tag: str) -> dict:
+    """Click Run > Run All Cells and wait until every code cell has run; fail at once, with the
+    cell's traceback, if a cell fails (JupyterLab then stops and never numbers the rest), and with
+    what the page shows (prompts, any dialog, a screenshot) if it does not finish in ``timeout`` s."""
+    deadline, clicks, state = time.monotonic() + timeout, 0, {}
+    while time.monotonic() < deadline:
+        if clicks == 0 or (clicks == 1 and not state["running"] and not state["done"]
+                           and time.monotonic() - clicked > 60):  # nothing started in a minute: click once more
+            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+            page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
+            clicks, clicked = clicks + 1, time.monotonic()
+        page.wait_for_timeout(500)
+        state = page.evaluate(_PROGRESS)
+        if state["done"] >= n_code and not state["running"]:
+            return {"clicks": clicks, "cells": state["done"]}
+        errors = [e for e in state["errors"] if _is_error(e)]
+        if errors and not state["running"]:
+            page.screenshot(path=str(ARTIFACTS / f"{tag}-failed.png"))
+            raise AssertionError(f"a cell failed, so Run All stopped after {state['done']} of {n_code} cells:\n{errors[-1]}")
+    page.screenshot(path=str(ARTIFACTS / f"{tag}-timeout.png"))
+    raise AssertionError(f"Run All did not finish within {timeout:.0f} s ({clicks} click(s)): {state['done']} of {n_code} "
+                         f"cells numbered, {state['running']} running; dialog: {state['dialog']!r}; "
+                         f"errors: {[e[-300:] for e in state['errors']]}")
+
+
 def _drive(server: LabServer, notebook: Path, tag: str, run_timeout: float) -> dict:
     """Open ``notebook``, run all cells, and collect what the learner sees; save screenshots."""
     from playwright.sync_api import sync_playwright
@@ -163,14 +199,7 @@ def _drive(server: LabServer, notebook: Path, tag: str, run_timeout: float) -> d
             if dialog.count():  # JupyterLab may still ask which kernel, though the notebook names one
                 dialog.first.click()
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-            page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
-            n_code = _code_cells(notebook)
-            page.wait_for_function(
-                """n => { const ps = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')]
-                               .map(p => p.textContent);
-                          return !ps.some(t => t.includes('*')) && ps.filter(t => /\\[\\d+\\]/.test(t)).length >= n; }""",
-                arg=n_code, timeout=run_timeout * 1000, polling=500)
+            seen["run_all"] = _run_all(page, _code_cells(notebook), run_timeout, tag)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
             page.wait_for_timeout(1500)  # let widget views and images finish rendering
             outputs = panel.locator(".jp-OutputArea-output")
