@@ -243,3 +243,49 @@ def test_solution_names_follow_answers_through_assignments():
         new_code_cell("w = [y]\ncheck(lambda: [f(k) for k in range(3)])"),
     ])
     assert _solution_names(nb) == {"f", "y", "w"}  # not data, z, nor the comprehension's k
+
+
+def _update(w, i, q, h_inv_row, *, power=1, sign=1, flip=False):
+    err = ((q - w[:, i]) if flip else (w[:, i] - q)) / h_inv_row[i] ** power
+    w[:, i:] -= sign * err[:, None] * h_inv_row[None, i:]
+    return err
+
+
+BROKEN_GPTQ = {  # GPTQ's one-column update (exercise 06.6), broken the ways a learner or a refactoring might
+    "error pushed the wrong way": lambda w, i, q, h: _update(w, i, q, h, sign=-1),
+    "error divided by [H^-1]_ii squared": lambda w, i, q, h: _update(w, i, q, h, power=2),
+    "error sign flipped": lambda w, i, q, h: _update(w, i, q, h, flip=True),
+}
+
+
+def test_lesson_06_final_asserts_catch_a_broken_gptq_update(monkeypatch):
+    """Lesson 06's GPTQ asserts, read from its final cell and run on a random layer with correlated
+    inputs, pass with labkit's column update and fail with each broken one (the notebook-wide run
+    above breaks the quantization formula instead; this costs a second, not a lesson run)."""
+    import torch
+
+    import labkit.quantize.gptq as gptq
+    from labkit import quantize as Q
+
+    _, nb = _lesson("06")
+    final = nb.cells[_code_cells(nb)[-1]].source
+    lines = [ln.strip() for ln in final.splitlines() if ln.startswith("assert") and "GPTQ" in ln]
+    assert len(lines) == 2, lines
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=g) @ torch.randn(64, 64, generator=g)
+    w = torch.randn(32, 64, generator=g)
+    h = Q.hessian(x, in_features=64)
+
+    def lesson_asserts():
+        w_hat = {"RTN": Q.rtn_weight(w, bits=3, group_size=32), "GPTQ": gptq.gptq_weight(w, h, bits=3, group_size=32)}
+        ns = {"w_hat": w_hat, "w_obs": gptq.obs_reference(w, h, bits=3, group_size=32),
+              "layer_err": {k: Q.layer_error(w, v, x) for k, v in w_hat.items()}}
+        for line in lines:
+            exec(line, ns)
+
+    lesson_asserts()
+    for name, broken in BROKEN_GPTQ.items():
+        monkeypatch.setattr(gptq, "column_update", broken)
+        with pytest.raises(AssertionError):
+            lesson_asserts()
+            print(f"not caught: {name}")

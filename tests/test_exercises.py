@@ -275,6 +275,13 @@ WRONG = {
         [("10 * math.log10", "20 * math.log10")],
         "return 6 * extra_bits",
     ],
+    "06.6 GPTQ column update": [
+        [("/ h_inv_row[i]", "/ h_inv_row[i] ** 2")],  # the OBS error divides by [H^-1]_ii once
+        [("w[:, i:] -=", "w[:, i + 1:] -="), ("h_inv_row[None, i:]", "h_inv_row[None, i + 1:]")],  # column i left unrounded
+        [("w[:, i:] -=", "w[:, i:] +=")],  # the error pushed the wrong way
+        [("(w[:, i] - q)", "(q - w[:, i])")],  # the sign of the error flipped
+        "    err = (w[:, i] - q) / h_inv_row[i]\n    w[:, i] = q\n    return err",  # RTN: no feedback
+    ],
     "07.1 softmax at temperature T": [
         [("    z = z - z.max(dim=-1, keepdim=True).values\n", "")],  # overflows on large logits
         [("z = logits / T", "z = logits")],
