@@ -20,13 +20,15 @@ a solution computes.
 Workers that run in other processes (lessons 03 and 04) import labkit afresh, so a patch in the
 notebook's kernel never reaches them; those lessons break a function the notebook itself calls
 and whose result the final cell checks (the single-process reference of 03, the schedule
-simulator of 04). Each run costs about half a minute of CPU: the lessons run once each, in fast mode.
+simulator of 04). Each run costs about half a minute: the lessons run once each, in fast mode, two
+at a time (the fixture ``student_runs``).
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -147,13 +149,31 @@ def _traceback(cell) -> str:
 ALL_LESSONS = sorted(p.name[:2] for p in LESSONS.glob("[0-9][0-9]_*.ipynb"))
 
 
+def _run_student(lesson: str):
+    path, source, student = _student_copy(lesson)
+    return path, source, run_notebook(path, nb=student, fast=True, timeout=600)
+
+
+TEST = "test_student_lesson_reports_not_done_and_its_final_asserts_catch_the_broken_technique"
+
+
+@pytest.fixture(scope="module")
+def student_runs(request):
+    """The selected lessons' runs, started in test order TWO AT A TIME (two kernels keep both cores
+    busy where one leaves one idle: kernel start, imports, single-threaded Python); each test
+    waits for its own."""
+    lessons = [item.callspec.params["lesson"] for item in request.session.items if item.originalname == TEST]
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="student-run")
+    yield {lesson: pool.submit(_run_student, lesson) for lesson in lessons}
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("lesson", [pytest.param(k, marks=pytest.mark.dist) if k in ("03", "04") else k
                                     for k in ALL_LESSONS])
-def test_student_lesson_reports_not_done_and_its_final_asserts_catch_the_broken_technique(lesson):
-    path, source, student = _student_copy(lesson)
-    run = run_notebook(path, nb=student, fast=True, timeout=600)
+def test_student_lesson_reports_not_done_and_its_final_asserts_catch_the_broken_technique(lesson, student_runs):
+    path, source, run = student_runs[lesson].result()
     problems = []
     names = exercise_names(source)
     statuses = {v.exercise: v.status for v in run.verdicts}
