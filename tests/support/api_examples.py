@@ -439,3 +439,8 @@ SKIP.update({
     "labkit.train.pick": "returns `full` or `fast` unchanged: every value is valid by design",
     "labkit.parallel.launch.WorkerError": "an exception the launcher raises, not built by users",
 })
+
+# --- transformer-block tensor/sequence parallelism and experts (labkit.parallel.tp_block, experts) ---
+EXAMPLES.update({"n_embd": lambda c: 8, "n_head": lambda c: 2})
+OVERRIDES.setdefault("labkit.parallel.tp_block.TensorParallelBlock", {}).update(
+    block=lambda c: _import("labkit.lm.model.Block")(_config(c)))
