@@ -10,13 +10,12 @@ import torch
 
 from labkit.lm.model import Block, GPTConfig
 from labkit.parallel.comm import CountingComm
+from labkit.parallel.dtensor_block import block_comparison_worker, dtensor_block_worker
 from labkit.parallel.launch import launch
 from labkit.parallel.tp_block import (
     TensorParallelBlock,
-    block_comparison_worker,
     block_problem,
     block_reference,
-    dtensor_block_worker,
     head_order,
     tp_block_worker,
 )
@@ -107,7 +106,7 @@ def _assert_equal_to_dense(report, ref):
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("variant", ["tp", "sp", "sp_regather", "dtensor"])
+@pytest.mark.parametrize("variant", ["tp", "sp", "sp_regather", "dtensor", "dtensor_sp"])
 def test_two_ranks_equal_the_dense_block(two_ranks, variant):
     ref = block_reference(D, HEADS, SEQ, BATCH)
     for r in two_ranks:
@@ -146,6 +145,15 @@ def test_bytes_sent_match_the_formulas(two_ranks):
         backward = [n for op, bw, n in r["dtensor"]["comms"] if bw and op == "all_reduce"]
         assert forward == [act, act] and backward == [act] * 4
         assert len(r["dtensor"]["comms"]) == 6
+        # DTensor's sequence-parallel plan issues exactly our collectives, in our order and sizes
+        names = {"all_gather_into_tensor": "all_gather", "reduce_scatter_tensor": "reduce_scatter"}
+        dsp = [(names[op], n) for op, _, n in r["dtensor_sp"]["comms"]]
+        assert [op for op, _ in dsp] == sp["calls"]
+        assert [n for op, n in dsp if op == "all_gather"] == [act // P] * 4
+        assert [n for op, n in dsp if op == "reduce_scatter"] == [act] * 4
+        # ... and leaves the LayerNorms' gradients as pending sums (reduced when first read whole)
+        grads = r["dtensor_sp"]["grad_placements"]
+        assert {grads[f"{ln}.{n}"] for ln in ("ln_1", "ln_2") for n in ("weight", "bias")} == {"(Partial(sum),)"}
 
 
 @pytest.mark.dist

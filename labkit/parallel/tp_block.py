@@ -20,22 +20,17 @@ an all-gather / reduce-scatter along the sequence (:mod:`labkit.parallel.sequenc
 the LayerNorms, residuals and dropout run on ``T/p`` positions.
 
 :func:`tp_block_worker` checks this block against the dense one (outputs and every gradient);
-:func:`dtensor_block_worker` does the same with PyTorch's ``parallelize_module``.
+:mod:`labkit.parallel.dtensor_block` does the same with PyTorch's ``parallelize_module``.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.debug import CommDebugMode
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from labkit import _args
 from labkit.lm.model import Block, GPTConfig
@@ -243,95 +238,3 @@ def tp_block_worker(d: int = 32, heads: int = 4, seq: int = 16, batch: int = 2, 
             "wire_bytes": {op: comm.wire_bytes(op) for op in used},
             "grad_sync_bytes": sum(n for _, n in comm.log[len(activation_log):]),
             "local_shapes": {n: tuple(t.shape) for n, t in tp.named_parameters()}}
-
-
-class _UnfusedBlock(nn.Module):
-    """The dense block with separate q, k, v Linears and the head count read from the weights'
-    width (``view(b, t, -1, head_dim)``): the form a DTensor plan can shard by heads, since a
-    ColwiseParallel cut of the fused ``[q; k; v]`` rows would hand rank 0 all of q."""
-
-    def __init__(self, block: Block):
-        super().__init__()
-        d = block.ln_1.normalized_shape[0]
-        self.head_dim, self.attn_dropout = d // block.attn.n_head, block.attn.dropout
-        self.ln_1, self.ln_2 = copy.deepcopy(block.ln_1), copy.deepcopy(block.ln_2)
-        fused = block.attn.c_attn
-        for i, name in enumerate("qkv"):
-            part = nn.Linear(d, d, bias=fused.bias is not None)
-            with torch.no_grad():
-                part.weight.copy_(fused.weight[i * d:(i + 1) * d])
-                if fused.bias is not None:
-                    part.bias.copy_(fused.bias[i * d:(i + 1) * d])
-            setattr(self, name, part)
-        self.proj = copy.deepcopy(block.attn.c_proj)
-        self.fc, self.act, self.out, self.drop = (copy.deepcopy(m) for m in block.mlp)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, (b, t, _) = self.ln_1(x), x.shape
-        q, k, v = (lin(a).view(b, t, -1, self.head_dim).transpose(1, 2) for lin in (self.q, self.k, self.v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, -1))
-        return x + self.drop(self.out(self.act(self.fc(self.ln_2(x)))))
-
-
-class _CommBytesMode(CommDebugMode):
-    """``CommDebugMode`` (which counts collectives) that also logs ``(op, backward?, bytes)`` of
-    the tensor handed to each one - the same convention as :class:`CountingComm`."""
-
-    def __init__(self):
-        super().__init__()
-        self.records: list[tuple[str, bool, int]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        before = self.get_total_counts()
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        if self.get_total_counts() > before:
-            first = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
-            self.records.append((str(func._overloadpacket).split(".")[-1], self.advanced_module_tracker.is_bw,
-                                 first.numel() * first.element_size()))
-        return out
-
-
-def dtensor_block_worker(d: int = 32, heads: int = 4, seq: int = 16, batch: int = 2, *, seed: int = 0) -> dict:
-    """The same block through DTensor: ``parallelize_module`` with ``ColwiseParallel`` for q, k,
-    v and the MLP's first Linear, ``RowwiseParallel`` for the output projection and the second;
-    the LayerNorms stay plain, replicated tensors. Reports the output, every gradient in the
-    dense layout, and each collective's bytes as ``CommDebugMode`` sees it."""
-    require_group("dtensor_block_worker")
-    block, x, y = block_problem(d, heads, seq, batch, seed=seed)
-    if heads % dist.get_world_size():
-        raise ValueError(f"heads={heads} must be divisible by the world size {dist.get_world_size()}")
-    dev = rank_device()
-    mesh = init_device_mesh(dev.type, (dist.get_world_size(),))
-    plan = {"q": ColwiseParallel(), "k": ColwiseParallel(), "v": ColwiseParallel(), "proj": RowwiseParallel(),
-            "fc": ColwiseParallel(), "out": RowwiseParallel()}
-    tp = parallelize_module(_UnfusedBlock(block).to(dev), mesh, plan)
-    x, y = x.to(dev).requires_grad_(), y.to(dev)
-    counter = _CommBytesMode()
-    with counter, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # CommDebugMode's hooks; expected
-        out = tp(x)
-        _loss(out, y, y.numel()).backward()
-
-    def whole(p):
-        return (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).detach().cpu()
-
-    grads = {f"{ln}.{n}": whole(p) for ln in ("ln_1", "ln_2") for n, p in getattr(tp, ln).named_parameters()}
-    grads["attn.c_attn.weight"] = torch.cat([whole(getattr(tp, n).weight) for n in "qkv"])
-    if tp.q.bias is not None:
-        grads["attn.c_attn.bias"] = torch.cat([whole(getattr(tp, n).bias) for n in "qkv"])
-    for dense, name in (("attn.c_proj", "proj"), ("mlp.0", "fc"), ("mlp.2", "out")):
-        grads.update({f"{dense}.{n}": whole(p) for n, p in getattr(tp, name).named_parameters()})
-    return {"rank": dist.get_rank(), "output": torch.as_tensor(out.detach()).cpu().clone(),
-            "input_grad": x.grad.detach().cpu(), "grads": grads, "comms": counter.records,
-            "placements": {n: str(p.placements) for n, p in tp.named_parameters() if isinstance(p, DTensor)}}
-
-
-def block_comparison_worker(d: int = 32, heads: int = 4, seq: int = 16, batch: int = 2, *, seed: int = 0) -> dict:
-    """One launch for lesson 04: the block under plain TP, TP + sequence parallelism, SP that
-    gathers again in backward, and DTensor's plan."""
-    return {"tp": tp_block_worker(d, heads, seq, batch, seed=seed),
-            "sp": tp_block_worker(d, heads, seq, batch, sequence_parallel=True, seed=seed),
-            "sp_regather": tp_block_worker(d, heads, seq, batch, sequence_parallel=True, recompute_gather=True,
-                                           seed=seed),
-            "dtensor": dtensor_block_worker(d, heads, seq, batch, seed=seed)}
