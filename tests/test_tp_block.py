@@ -34,10 +34,11 @@ def test_head_order_by_hand():
         head_order(4, 2, 2.0)
 
 
-@pytest.mark.parametrize("sequence_parallel", [False, True])
-def test_group_of_one_equals_the_dense_block(sequence_parallel):
+@pytest.mark.parametrize("sequence_parallel,recompute_gather", [(False, False), (True, False), (True, True)])
+def test_group_of_one_equals_the_dense_block(sequence_parallel, recompute_gather):
     block, x, y = block_problem(D, HEADS, SEQ, BATCH, seed=3)
-    tp = TensorParallelBlock(block, CountingComm(), sequence_parallel=sequence_parallel)
+    tp = TensorParallelBlock(block, CountingComm(), sequence_parallel=sequence_parallel,
+                             recompute_gather=recompute_gather)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     out = tp(x1)
     torch.testing.assert_close(out, block(x2))
