@@ -29,6 +29,24 @@ def test_counting_comm_in_one_process():
     assert comm.wire_bytes() == 0  # nothing leaves a single process
 
 
+def test_reduce_scatter_and_all_to_all_in_one_process():
+    comm = CountingComm()
+    t = torch.arange(12.0).reshape(2, 6)
+    assert torch.equal(comm.reduce_scatter(t, dim=1), t)  # a group of one keeps the whole sum
+    rows = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(comm.all_to_all_single(rows, [3], [3]), rows)
+    assert comm.log == [("reduce_scatter", 48), ("all_to_all", 0)]  # rows kept at home travel nowhere
+    assert comm.wire_bytes("reduce_scatter") == 0 and comm.bytes("all_to_all") == 0
+    with pytest.raises(ValueError, match="input_splits"):
+        comm.all_to_all_single(rows, [3], [2])  # 2 rows announced, 3 given
+    with pytest.raises(ValueError, match="output_splits"):
+        comm.all_to_all_single(rows, [3, 0], [3])  # one split per rank
+    with pytest.raises(TypeError, match="input_splits"):
+        comm.all_to_all_single(rows, [3], 3)
+    with pytest.raises(ValueError, match="op"):
+        comm.wire_bytes("broadcast")
+
+
 def test_counting_comm_errors():
     comm = CountingComm()
     with pytest.raises(ValueError, match="op"):

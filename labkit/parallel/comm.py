@@ -15,6 +15,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from labkit import _args
 
+OPS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+
 
 class _Pending:
     """An ``isend`` / ``irecv`` in flight; keeps its tensor alive until ``wait()``."""
@@ -95,19 +97,63 @@ class CountingComm:
         dist.all_gather(parts, tensor, group=self.group)
         return parts
 
+    def reduce_scatter(self, tensor: torch.Tensor, *, dim: int = 0) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks and return this rank's equal slice of the sum along
+        ``dim`` (the first half of an all-reduce; :meth:`all_gather` is the second)."""
+        self._count("reduce_scatter", tensor)
+        dim = _args.integer("dim", dim, minimum=-max(tensor.dim(), 1), maximum=max(tensor.dim(), 1) - 1)
+        if tensor.shape[dim] % self.world_size:
+            raise ValueError(f"dimension {dim} of size {tensor.shape[dim]} does not split into "
+                             f"{self.world_size} equal slices")
+        if self.world_size == 1:
+            return tensor
+        parts = [c.contiguous() for c in tensor.chunk(self.world_size, dim=dim)]
+        out = torch.empty_like(parts[0])
+        dist.reduce_scatter(out, parts, group=self.group)
+        return out
+
+    def all_to_all_single(self, tensor: torch.Tensor, output_splits, input_splits) -> torch.Tensor:
+        """Send rows ``input_splits[s]`` of ``tensor`` (in rank order, along dim 0) to each rank
+        ``s``; receive ``output_splits[s]`` rows from each. Logs the bytes that leave this rank
+        (the rows it keeps for itself travel nowhere). gloo supports this form, not the list one."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+        p = self.world_size
+        splits = {}
+        for name, value in (("output_splits", output_splits), ("input_splits", input_splits)):
+            value = _args.sequence(name, value, of=int)
+            if len(value) != p or any(isinstance(v, bool) or v < 0 for v in value):
+                raise ValueError(f"{name} must be {p} non-negative ints (one per rank), got {value}")
+            splits[name] = [int(v) for v in value]
+        if sum(splits["input_splits"]) != tensor.shape[0]:
+            raise ValueError(f"input_splits sum to {sum(splits['input_splits'])}, but tensor has {tensor.shape[0]} rows")
+        row = tensor[0].numel() * tensor.element_size() if tensor.dim() else tensor.element_size()
+        self.log.append(("all_to_all", row * (tensor.shape[0] - splits["input_splits"][self.rank])))
+        out = tensor.new_empty((sum(splits["output_splits"]), *tensor.shape[1:]))
+        if p == 1:
+            return out.copy_(tensor)
+        dist.all_to_all_single(out, tensor.contiguous(), splits["output_splits"], splits["input_splits"],
+                               group=self.group)
+        return out
+
     def bytes(self, op: str | None = None) -> int:
-        """Bytes handed to ``op`` ('send', 'recv', 'all_reduce', 'all_gather'), or to all ops
-        that send ('send' + collectives) when ``op`` is None."""
-        if op is not None and op not in ("send", "recv", "all_reduce", "all_gather"):
-            raise ValueError(f"op must be 'send', 'recv', 'all_reduce', 'all_gather' or None, got {op!r}")
+        """Bytes handed to ``op`` (one of :data:`OPS`), or to all ops that send ('send' +
+        collectives) when ``op`` is None."""
+        if op is not None and op not in OPS:
+            raise ValueError(f"op must be one of {', '.join(map(repr, OPS))} or None, got {op!r}")
         return sum(n for o, n in self.log if (o == op if op else o != "recv"))
 
-    def wire_bytes(self) -> float:
-        """Bytes this rank puts on the wire under ring algorithms: a send as is, an all-reduce
-        ``2(p-1)/p`` of its size (reduce-scatter + all-gather), an all-gather ``(p-1)`` shards."""
+    def wire_bytes(self, op: str | None = None) -> float:
+        """Bytes this rank puts on the wire under ring algorithms (for ``op`` only, if given): a
+        send as is, an all-reduce ``2(p-1)/p`` of its size (reduce-scatter + all-gather), a
+        reduce-scatter ``(p-1)/p`` of its input, an all-gather ``(p-1)`` shards, an all-to-all
+        the rows it sends away."""
+        if op is not None and op not in OPS:
+            raise ValueError(f"op must be one of {', '.join(map(repr, OPS))} or None, got {op!r}")
         p = self.world_size
-        factor = {"send": 1.0, "all_reduce": 2 * (p - 1) / p, "all_gather": p - 1.0, "recv": 0.0}
-        return sum(factor[o] * n for o, n in self.log)
+        factor = {"send": 1.0, "all_reduce": 2 * (p - 1) / p, "all_gather": p - 1.0, "recv": 0.0,
+                  "reduce_scatter": (p - 1) / p, "all_to_all": 1.0}
+        return sum(factor[o] * n for o, n in self.log if op is None or o == op)
 
 
 def require_group(worker: str) -> None:

@@ -19,7 +19,8 @@ layer - one all-reduce each way per MLP block.
 What it does *not* shard: the activations at the block boundaries - each pair's input, the
 residual stream, the normalisations - are full ``B x d`` tensors on every rank. Sequence
 parallelism splits those along the sequence dimension (the all-reduce becomes a reduce-scatter
-and an all-gather); it is not implemented here.
+and an all-gather): :mod:`labkit.parallel.sequence_parallel`, on the transformer block of
+:mod:`labkit.parallel.tp_block`.
 
 :func:`tp_worker` checks this against the dense model; :func:`dtensor_worker` does the same with
 PyTorch's DTensor (``parallelize_module`` with ``ColwiseParallel`` / ``RowwiseParallel``).

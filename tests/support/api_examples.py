@@ -439,3 +439,12 @@ SKIP.update({
     "labkit.train.pick": "returns `full` or `fast` unchanged: every value is valid by design",
     "labkit.parallel.launch.WorkerError": "an exception the launcher raises, not built by users",
 })
+
+# --- transformer-block tensor/sequence parallelism and experts (labkit.parallel.tp_block, experts) ---
+EXAMPLES.update({"n_embd": lambda c: 8, "n_head": lambda c: 2})
+OVERRIDES.setdefault("labkit.parallel.tp_block.TensorParallelBlock", {}).update(
+    block=lambda c: _import("labkit.lm.model.Block")(_config(c)))
+EXAMPLES.update({"n_tokens": lambda c: 8, "n_experts": lambda c: 4})
+OVERRIDES.setdefault("labkit.parallel.experts.MoE", {}).update(d=lambda c: 4, hidden=lambda c: 8)
+OVERRIDES.setdefault("labkit.parallel.experts.ExpertParallelMoE", {}).update(
+    moe=lambda c: _import("labkit.parallel.experts.MoE")(4, 8, 2))
