@@ -159,7 +159,7 @@ def _run_all(page, n_code: int, timeout: float, tag: str) -> dict:
     """Click Run > Run All Cells and wait until every code cell has run; fail at once, with the
     cell's traceback, if a cell fails (JupyterLab then stops and never numbers the rest), and with
     what the page shows (prompts, any dialog, a screenshot) if it does not finish in ``timeout`` s."""
-    deadline, clicks, state = time.monotonic() + timeout, 0, {}
+    deadline, clicks, clicked, state = time.monotonic() + timeout, 0, 0.0, {}
     while time.monotonic() < deadline:
         if clicks == 0 or (clicks == 1 and not state["running"] and not state["done"]
                            and time.monotonic() - clicked > 60):  # nothing started in a minute: click once more
