@@ -85,14 +85,15 @@ def test_simulated_bubble_equals_formula_and_dependencies_hold(p, m, tf, tb, nam
 
 def test_interleaved_two_stages_two_chunks_by_hand():
     # p=2, m=2, v=2: virtual stages 0..3 live on ranks 0,1,0,1; each chunk's F costs 2/2, B 4/2.
-    # m == p, so every forward runs first (Megatron's all-warm-up case), then the chunks in reverse.
-    assert interleaved_order(2, 2, 2)[0] == [("F", 0, 0), ("F", 1, 0), ("F", 0, 1), ("F", 1, 1),
-                                             ("B", 0, 1), ("B", 1, 1), ("B", 0, 0), ("B", 1, 0)]
+    # Rank 0 warms up with 2(p-1) + (v-1)p = 4 forwards (all of them), rank 1 with 2.
+    assert interleaved_order(2, 2, 2) == [
+        [("F", 0, 0), ("F", 1, 0), ("F", 0, 1), ("F", 1, 1), ("B", 0, 1), ("B", 1, 1), ("B", 0, 0), ("B", 1, 0)],
+        [("F", 0, 0), ("F", 1, 0), ("F", 0, 1), ("B", 0, 1), ("F", 1, 1), ("B", 1, 1), ("B", 0, 0), ("B", 1, 0)]]
     assert interleaved(2, 2, 2, t_forward=2, t_backward=4) == [
         Slot(0, "F", 0, 0, 1, 0), Slot(0, "F", 1, 1, 2, 0), Slot(0, "F", 0, 2, 3, 1), Slot(0, "F", 1, 3, 4, 1),
-        Slot(0, "B", 0, 7, 9, 1), Slot(0, "B", 1, 9, 11, 1), Slot(0, "B", 0, 11, 13, 0), Slot(0, "B", 1, 13, 15, 0),
-        Slot(1, "F", 0, 1, 2, 0), Slot(1, "F", 1, 2, 3, 0), Slot(1, "F", 0, 3, 4, 1), Slot(1, "F", 1, 4, 5, 1),
-        Slot(1, "B", 0, 5, 7, 1), Slot(1, "B", 1, 7, 9, 1), Slot(1, "B", 0, 9, 11, 0), Slot(1, "B", 1, 11, 13, 0),
+        Slot(0, "B", 0, 6, 8, 1), Slot(0, "B", 1, 9, 11, 1), Slot(0, "B", 0, 11, 13, 0), Slot(0, "B", 1, 13, 15, 0),
+        Slot(1, "F", 0, 1, 2, 0), Slot(1, "F", 1, 2, 3, 0), Slot(1, "F", 0, 3, 4, 1), Slot(1, "B", 0, 4, 6, 1),
+        Slot(1, "F", 1, 6, 7, 1), Slot(1, "B", 1, 7, 9, 1), Slot(1, "B", 0, 9, 11, 0), Slot(1, "B", 1, 11, 13, 0),
     ]  # 15 units, 12 busy per rank: idle 6/30 = 1/5 = (p-1)/(v*m + p-1)
 
 
@@ -123,7 +124,7 @@ def test_interleaved_bubble_equals_megatron_formula(p, v, groups, tf, tb):
             if vs < p * v - 1:
                 assert s.start >= end[((vs + 1) % p, "B", s.micro, (vs + 1) // p)] - 1e-9
     # activation sets of one chunk (1/v of a stage's) held at once: Megatron's warm-up + 1
-    assert peak_in_flight(slots) == [m * v if m == p else min(2 * (p - 1 - s) + (v - 1) * p + 1, m * v) for s in range(p)]
+    assert peak_in_flight(slots) == [min(2 * (p - 1 - s) + (v - 1) * p + 1, m * v) for s in range(p)]
 
 
 def test_interleaved_through_make_schedule_and_replay():

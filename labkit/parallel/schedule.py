@@ -94,8 +94,9 @@ def interleaved_order(stages: int, micro_batches: int, virtual_stages: int = 2) 
 
     Forwards go in groups of ``p`` micro-batches per chunk (chunk 0, 1, .., v-1, then the next
     ``p`` micro-batches), backwards the same with the chunks reversed. Rank ``s`` warms up with
-    ``2(p-1-s) + (v-1)p`` forwards (all of them when ``m == p``), then alternates one forward and
-    one backward, then drains. ``m`` must be a multiple of ``p``.
+    ``2(p-1-s) + (v-1)p`` forwards (at most all ``m*v``), then alternates one forward and one
+    backward, then drains. ``m`` must be a multiple of ``p``. This is the order PyTorch's
+    ``ScheduleInterleaved1F1B`` runs (tested); Megatron-LM runs every forward first when ``m == p``.
     """
     p, m = _args.positive_int("stages", stages), _args.positive_int("micro_batches", micro_batches)
     v = _args.positive_int("virtual_stages", virtual_stages)
@@ -109,7 +110,7 @@ def interleaved_order(stages: int, micro_batches: int, virtual_stages: int = 2) 
 
     orders = []
     for s in range(p):
-        warm = total if m == p else min(2 * (p - 1 - s) + (v - 1) * p, total)
+        warm = min(2 * (p - 1 - s) + (v - 1) * p, total)
         ops = [op("F", k) for k in range(warm)]
         for k in range(total - warm):
             ops += [op("F", warm + k), op("B", k)]
