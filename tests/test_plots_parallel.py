@@ -65,6 +65,11 @@ def test_planned_vs_measured_shares_the_time_axis():
     assert bottom.get_xlim()[0] < 0.01  # measured times shifted to start at 0
     with pytest.raises(ValueError, match="measured"):
         plot_planned_vs_measured([], 1, 2)
+    measured = [Slot(s.stage, s.kind, s.micro, 5 + 0.01 * s.start, 5 + 0.01 * s.end, s.chunk)
+                for s in interleaved(2, 4, 2, t_forward=2, t_backward=4)]  # each chunk op: 0.01 s F, 0.02 s B
+    top, bottom = plot_planned_vs_measured(measured, 0.01, 0.02, "interleaved")
+    assert f"v=2): idle {1 / 9:.1%}, formula {1 / 9:.1%}" in top.get_title()
+    assert f"measured: idle {1 / 9:.1%}" in bottom.get_title()
     plt.close("all")
 
 

@@ -165,7 +165,8 @@ def plot_gantt(slots: Sequence[Slot], *, ax=None, title: str = "", unit: str = "
 def plot_planned_vs_measured(measured: Sequence[Slot], t_forward: float, t_backward: float,
                              schedule: str = "gpipe", *, axes=None):
     """Two Gantt charts on one time axis: the plan simulated with the measured median op times,
-    and the measured run (seconds, shifted to start at 0)."""
+    and the measured run (seconds, shifted to start at 0). For ``'interleaved'`` the number of
+    virtual stages is read from the slots' chunks and the times are those of one chunk's op."""
     measured = list(_args.iterable("measured", measured, "a list of Slot"))
     t_forward = _args.positive_float("t_forward", t_forward)
     t_backward = _args.positive_float("t_backward", t_backward)
@@ -173,13 +174,16 @@ def plot_planned_vs_measured(measured: Sequence[Slot], t_forward: float, t_backw
         raise ValueError("measured is empty")
     p = len({s.stage for s in measured})
     m = len({s.micro for s in measured})
-    plan = make_schedule(schedule, p, m, t_forward=t_forward, t_backward=t_backward)
+    v = 1 + max(s.chunk for s in measured)
+    options = {"virtual_stages": v} if schedule == "interleaved" else {}
+    plan = make_schedule(schedule, p, m, t_forward=t_forward * v, t_backward=t_backward * v, **options)
     t0 = min(s.start for s in measured)
-    run = [Slot(s.stage, s.kind, s.micro, s.start - t0, s.end - t0) for s in measured]
+    run = [Slot(s.stage, s.kind, s.micro, s.start - t0, s.end - t0, s.chunk) for s in measured]
     if axes is None:
         _, axes = plt.subplots(2, 1, figsize=(9, 1.2 * p + 2.4), sharex=True)
     plot_gantt(plan, ax=axes[0], unit="seconds", labels=m <= 16,
-               title=f"planned ({schedule}, p={p}, m={m}): idle {idle_fraction(plan):.1%}, formula {bubble_fraction(p, m):.1%}")
+               title=f"planned ({schedule}, p={p}, m={m}" + (f", v={v}" if options else "")
+               + f"): idle {idle_fraction(plan):.1%}, formula {bubble_fraction(p, m, v if options else 1):.1%}")
     plot_gantt(run, ax=axes[1], unit="seconds", labels=m <= 16, title=f"measured: idle {idle_fraction(run):.1%}")
     axes[0].set_xlabel("")
     axes[0].figure.tight_layout()
