@@ -7,6 +7,8 @@ import ast
 import math
 import multiprocessing
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -292,6 +294,106 @@ def test_same_worker_under_torchrun():
     keys = ("rank", "world_size", "backend", "sum_of_ranks", "threads")
     assert [{k: r[k] for k in keys} for r in under_torchrun] == [{k: r[k] for k in keys} for r in under_launch]
     _assert_nothing_left()
+
+
+def _descendants(pids) -> set[int]:
+    """Every live process below ``pids`` (torchrun starts its workers in sessions of their own,
+    so killing the agent's process group would not reach them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int(next(ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("PPid:")).split()[1])
+            except (OSError, StopIteration, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" not in status.read_text()
+    except OSError:
+        return False
+
+
+def readme_two_node_command() -> str:
+    """The README's multi-machine recipe: the one command line in a bash block with --nnodes=2."""
+    text = (ROOT / "README.md").read_text()
+    lines = [ln.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for ln in block.splitlines()
+             if "--nnodes=2" in ln]
+    assert len(lines) == 1, f"README.md should hold one torchrun line with --nnodes=2 in a bash block, found {lines}"
+    return lines[0]
+
+
+@pytest.mark.dist
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds torchrun's workers through /proc")
+def test_two_torchrun_nodes(tmp_path):
+    """Two torchrun agents, node_rank 0 and 1, meet through a c10d rendezvous on 127.0.0.1, as two
+    machines would: the README's own command, with HOST, PORT and K filled in. Both ranks must
+    see the all-reduce and end the DP steps with the single-process parameters."""
+    from labkit.parallel.data_parallel import train_single_process
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this python")
+    line = readme_two_node_command()
+    for placeholder in ("HOST:PORT", "--node_rank=K", ".venv/bin/torchrun "):
+        assert placeholder in line, f"the README's command lost {placeholder!r}: {line}"
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    agents, logs = [], []
+    try:
+        for k in (0, 1):
+            argv = shlex.split(line.replace("HOST:PORT", f"127.0.0.1:{port}").replace("--node_rank=K", f"--node_rank={k}"))
+            argv[0] = str(torchrun)
+            out, err = open(tmp_path / f"node{k}.out", "w+"), open(tmp_path / f"node{k}.err", "w+")
+            logs.append((out, err))
+            agents.append(subprocess.Popen(argv, stdout=out, stderr=err, cwd=ROOT, env=env, start_new_session=True))
+        deadline = time.monotonic() + 150
+        while any(a.poll() is None for a in agents) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        codes = [a.poll() for a in agents]
+        texts = [(o.seek(0) or o.read(), e.seek(0) or e.read()) for o, e in logs]
+        assert codes == [0, 0], f"exit codes {codes} (None: still running after 150 s); stderr: " + \
+            " | ".join(e[-1500:] for _, e in texts)
+    finally:
+        left = _descendants([a.pid for a in agents]) | {a.pid for a in agents}
+        for a in agents:
+            if a.poll() is None:
+                a.terminate()  # torchrun stops its workers on SIGTERM
+        for a in agents:
+            try:
+                a.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in left | _descendants(left):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for a in agents:
+            a.wait(5)
+        for out, err in logs:
+            out.close()
+            err.close()
+        time.sleep(0.2)
+        assert not [pid for pid in left if _alive(pid)], "processes left running"
+    ranks = sorted((ast.literal_eval(ln.split(": ", 1)[1]) for out, _ in texts for ln in out.splitlines()
+                    if ln.startswith("rank ")), key=lambda r: r["rank"])
+    # c10d numbers the nodes in the order they join (torchrun ignores --node_rank for it): one rank per node
+    assert [(r["rank"], r["node"], r["world_size"], r["sum_of_ranks"]) for r in ranks] == [(0, "0", 2, 1.0), (1, "1", 2, 1.0)]
+    steps = ast.literal_eval(re.search(r"--kwargs '(.*)'", line).group(1).replace("true", "True"))["steps"]
+    reference, losses = train_single_process(steps=steps, batch_size=32, hidden=(16,))
+    for r in ranks:
+        assert r["rank_spread"] == 0.0
+        assert torch.allclose(torch.tensor(r["params"]), reference, atol=1e-6)
+        assert r["losses"] == pytest.approx(losses, abs=1e-6)
 
 
 def _mock_gpus(monkeypatch, count):

@@ -12,6 +12,8 @@ from labkit.parallel.schedule import (
     gpipe,
     gpipe_order,
     idle_fraction,
+    interleaved,
+    interleaved_order,
     make_schedule,
     one_f_one_b,
     one_f_one_b_order,
@@ -79,6 +81,62 @@ def test_simulated_bubble_equals_formula_and_dependencies_hold(p, m, tf, tb, nam
     for st_ in range(p):  # one op at a time per stage
         mine = sorted((s for s in slots if s.stage == st_), key=lambda s: s.start)
         assert all(a.end <= b.start for a, b in zip(mine, mine[1:]))
+
+
+def test_interleaved_two_stages_two_chunks_by_hand():
+    # p=2, m=2, v=2: virtual stages 0..3 live on ranks 0,1,0,1; each chunk's F costs 2/2, B 4/2.
+    # Rank 0 warms up with 2(p-1) + (v-1)p = 4 forwards (all of them), rank 1 with 2.
+    assert interleaved_order(2, 2, 2) == [
+        [("F", 0, 0), ("F", 1, 0), ("F", 0, 1), ("F", 1, 1), ("B", 0, 1), ("B", 1, 1), ("B", 0, 0), ("B", 1, 0)],
+        [("F", 0, 0), ("F", 1, 0), ("F", 0, 1), ("B", 0, 1), ("F", 1, 1), ("B", 1, 1), ("B", 0, 0), ("B", 1, 0)]]
+    assert interleaved(2, 2, 2, t_forward=2, t_backward=4) == [
+        Slot(0, "F", 0, 0, 1, 0), Slot(0, "F", 1, 1, 2, 0), Slot(0, "F", 0, 2, 3, 1), Slot(0, "F", 1, 3, 4, 1),
+        Slot(0, "B", 0, 6, 8, 1), Slot(0, "B", 1, 9, 11, 1), Slot(0, "B", 0, 11, 13, 0), Slot(0, "B", 1, 13, 15, 0),
+        Slot(1, "F", 0, 1, 2, 0), Slot(1, "F", 1, 2, 3, 0), Slot(1, "F", 0, 3, 4, 1), Slot(1, "B", 0, 4, 6, 1),
+        Slot(1, "F", 1, 6, 7, 1), Slot(1, "B", 1, 7, 9, 1), Slot(1, "B", 0, 9, 11, 0), Slot(1, "B", 1, 11, 13, 0),
+    ]  # 15 units, 12 busy per rank: idle 6/30 = 1/5 = (p-1)/(v*m + p-1)
+
+
+def test_interleaved_order_steady_state():
+    # p=2, m=4, v=2 on rank 1: warm-up 2(p-1-s) + (v-1)p = 2 forwards, then F/B pairs, then drain.
+    assert interleaved_order(2, 4, 2)[1] == [
+        ("F", 0, 0), ("F", 1, 0), ("F", 0, 1), ("B", 0, 1), ("F", 1, 1), ("B", 1, 1), ("F", 2, 0), ("B", 0, 0),
+        ("F", 3, 0), ("B", 1, 0), ("F", 2, 1), ("B", 2, 1), ("F", 3, 1), ("B", 3, 1), ("B", 2, 0), ("B", 3, 0)]
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 4])
+@pytest.mark.parametrize("v", [1, 2, 3, 4])
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("tf,tb", [(1, 2), (1, 1), (3, 1)])
+def test_interleaved_bubble_equals_megatron_formula(p, v, groups, tf, tb):
+    m = groups * p  # Megatron: m a multiple of p
+    slots = interleaved(p, m, v, t_forward=tf, t_backward=tb)
+    formula = (p - 1) / (v * m + p - 1)  # Narayanan et al. 2021: the 1F1B bubble divided by v
+    assert idle_fraction(slots) == pytest.approx(formula)
+    assert max(s.end for s in slots) == pytest.approx((m + (p - 1) / v) * (tf + tb))
+    end = {(s.stage, s.kind, s.micro, s.chunk): s.end for s in slots}
+    for s in slots:  # virtual stage c*p + s waits on its neighbours c*p + s -/+ 1
+        vs = s.chunk * p + s.stage
+        if s.kind == "F" and vs > 0:
+            assert s.start >= end[((vs - 1) % p, "F", s.micro, (vs - 1) // p)] - 1e-9
+        if s.kind == "B":
+            assert s.start >= end[(s.stage, "F", s.micro, s.chunk)] - 1e-9
+            if vs < p * v - 1:
+                assert s.start >= end[((vs + 1) % p, "B", s.micro, (vs + 1) // p)] - 1e-9
+    # activation sets of one chunk (1/v of a stage's) held at once: Megatron's warm-up + 1
+    assert peak_in_flight(slots) == [min(2 * (p - 1 - s) + (v - 1) * p + 1, m * v) for s in range(p)]
+
+
+def test_interleaved_through_make_schedule_and_replay():
+    plan = make_schedule("interleaved", 3, 6, virtual_stages=2)
+    assert plan == interleaved(3, 6, 2) and replay(plan) == plan
+    assert bubble_fraction(3, 6, 2) == pytest.approx(2 / 14)
+    with pytest.raises(ValueError, match="multiple of stages"):
+        interleaved(4, 6, 2)
+    with pytest.raises(ValueError, match="virtual_stages"):
+        interleaved(2, 2, 0)
+    with pytest.raises(ValueError, match="each chunk"):
+        simulate([[("F", 0, 0), ("B", 0, 0), ("F", 0, 1)], [("F", 0), ("B", 0)]])
 
 
 @pytest.mark.parametrize("p,m", [(2, 1), (2, 8), (4, 3), (4, 8)])

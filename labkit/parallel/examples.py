@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from labkit import _args
+from labkit.parallel.data_parallel import dp_equivalence
 from labkit.parallel.launch import mark
 
 
@@ -80,3 +81,21 @@ def run_each(calls: list) -> list:
             raise TypeError(f"calls: each call must be a (worker, kwargs dict) pair, got {call!r}")
         out.append(call[0](**call[1]))
     return out
+
+
+def two_nodes(steps: int = 2, batch_size: int = 32) -> dict:
+    """What a run across machines should check first: the ranks talk (an all-reduce of the ranks,
+    :func:`hello`) and train as one (``steps`` DDP steps of a small MLP on the digits, each rank
+    a shard of each batch). ``params`` should equal
+    :func:`labkit.parallel.data_parallel.train_single_process`'s with ``hidden=(16,)`` and
+    ``rank_spread`` be 0. ``node`` is torchrun's ``GROUP_RANK`` (its ``--node_rank``).
+
+    Plain numbers and lists, so that ``python -m labkit.parallel.run`` prints a line that
+    ``ast.literal_eval`` reads back (the README's multi-machine recipe runs it)."""
+    steps = _args.positive_int("steps", steps)
+    batch_size = _args.positive_int("batch_size", batch_size)
+    said = hello()
+    trained = dp_equivalence(("ddp",), steps=steps, batch_size=batch_size, hidden=(16,))["ddp"]
+    return {"rank": said["rank"], "world_size": said["world_size"], "node": os.environ.get("GROUP_RANK"),
+            "backend": said["backend"], "sum_of_ranks": said["sum_of_ranks"], "losses": trained["losses"],
+            "rank_spread": trained["rank_spread"], "params": trained["params"].tolist()}

@@ -6,9 +6,9 @@ against backward. Lesson ``04_model_parallelism``: Gantt charts of pipeline sche
 measured, and an explorer. :func:`schedule_view` is the pure part (stages, micro-batches,
 schedule name -> slots and the numbers worth printing; tested headless); :func:`plot_gantt` draws
 any list of :class:`labkit.parallel.schedule.Slot` (time units or measured seconds), one row per
-stage, forwards and backwards in two colours, each bar labelled with its micro-batch;
-:func:`schedule_explorer` puts sliders for ``p`` and ``m`` on it (a static figure without
-ipywidgets). Each drawing function draws on ``ax`` (or a new figure) and returns it.
+stage, forwards and backwards in two colours (a lighter shade for odd model chunks of an
+interleaved schedule), each bar labelled with its micro-batch; :func:`schedule_explorer` puts
+sliders for ``p``, ``m`` and the virtual stages ``v`` on it (a static figure without ipywidgets). Each drawing function draws on ``ax`` (or a new figure) and returns it.
 """
 
 from __future__ import annotations
@@ -106,15 +106,20 @@ def plot_timeline(timeline: dict, *, ax=None, title: str = "When gradient bucket
 # --- pipeline schedules (lesson 04) ---
 
 COLOURS = {"F": "#4C72B0", "B": "#DD8452"}
+LIGHT = {"F": "#9DB4DA", "B": "#EFC2A4"}  # the odd chunks of an interleaved schedule
 
 
 def schedule_view(stages: int = 4, micro_batches: int = 8, schedule: str = "gpipe", *,
-                  t_forward: float = 1.0, t_backward: float = 2.0) -> dict:
+                  virtual_stages: int = 1, t_forward: float = 1.0, t_backward: float = 2.0) -> dict:
     """Everything the explorer shows for one setting: the timed slots, the bubble (simulated and
-    by formula), the makespan and the peak micro-batches in flight per stage."""
-    slots = make_schedule(schedule, stages, micro_batches, t_forward=t_forward, t_backward=t_backward)
+    by formula), the makespan and the peak micro-batches in flight per stage. ``virtual_stages``
+    is used by the ``'interleaved'`` schedule only (the others have one chunk per stage)."""
+    v = _args.positive_int("virtual_stages", virtual_stages)
+    options = {"virtual_stages": v} if schedule == "interleaved" else {}
+    slots = make_schedule(schedule, stages, micro_batches, t_forward=t_forward, t_backward=t_backward, **options)
+    v = v if schedule == "interleaved" else 1
     return {"slots": slots, "stages": stages, "micro_batches": micro_batches, "schedule": schedule,
-            "bubble": idle_fraction(slots), "formula": bubble_fraction(stages, micro_batches),
+            "virtual_stages": v, "bubble": idle_fraction(slots), "formula": bubble_fraction(stages, micro_batches, v),
             "makespan": max(s.end for s in slots), "peak_in_flight": peak_in_flight(slots)}
 
 
@@ -125,12 +130,14 @@ def gantt_bars(slots: Sequence[Slot]) -> dict[int, list[tuple[float, float, str,
         raise ValueError("slots must be a non-empty list of Slot")
     bars: dict[int, list] = {}
     for s in sorted(slots, key=lambda s: (s.stage, s.start)):
-        bars.setdefault(s.stage, []).append((s.start, s.duration, COLOURS[s.kind], f"{s.kind}{s.micro}"))
+        colour = (LIGHT if s.chunk % 2 else COLOURS)[s.kind]
+        bars.setdefault(s.stage, []).append((s.start, s.duration, colour, f"{s.kind}{s.micro}"))
     return bars
 
 
 def plot_gantt(slots: Sequence[Slot], *, ax=None, title: str = "", unit: str = "time units", labels: bool = True):
-    """Gantt chart: stage 0 on top, time to the right, F blue and B orange, idle left blank."""
+    """Gantt chart: stage 0 on top, time to the right, F blue and B orange (lighter on odd model
+    chunks), idle left blank."""
     slots = list(_args.iterable("slots", slots, "a list of Slot"))
     bars = gantt_bars(slots)
     if ax is None:
@@ -147,15 +154,19 @@ def plot_gantt(slots: Sequence[Slot], *, ax=None, title: str = "", unit: str = "
     ax.set_ylim(max(bars) + 0.6, min(bars) - 0.6)
     ax.set_xlabel(unit)
     ax.set_title(title or f"idle share {idle_fraction(slots):.0%}")
-    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=COLOURS[k]) for k in ("F", "B")],
-              labels=["forward", "backward"], loc="lower right", fontsize=7, framealpha=0.8)
+    keys = [(COLOURS, "F", "forward"), (COLOURS, "B", "backward")]
+    if any(s.chunk % 2 for s in slots):
+        keys += [(LIGHT, "F", "forward, odd chunk"), (LIGHT, "B", "backward, odd chunk")]
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c[k]) for c, k, _ in keys],
+              labels=[text for _, _, text in keys], loc="lower right", fontsize=7, framealpha=0.8)
     return ax
 
 
 def plot_planned_vs_measured(measured: Sequence[Slot], t_forward: float, t_backward: float,
                              schedule: str = "gpipe", *, axes=None):
     """Two Gantt charts on one time axis: the plan simulated with the measured median op times,
-    and the measured run (seconds, shifted to start at 0)."""
+    and the measured run (seconds, shifted to start at 0). For ``'interleaved'`` the number of
+    virtual stages is read from the slots' chunks and the times are those of one chunk's op."""
     measured = list(_args.iterable("measured", measured, "a list of Slot"))
     t_forward = _args.positive_float("t_forward", t_forward)
     t_backward = _args.positive_float("t_backward", t_backward)
@@ -163,42 +174,55 @@ def plot_planned_vs_measured(measured: Sequence[Slot], t_forward: float, t_backw
         raise ValueError("measured is empty")
     p = len({s.stage for s in measured})
     m = len({s.micro for s in measured})
-    plan = make_schedule(schedule, p, m, t_forward=t_forward, t_backward=t_backward)
+    v = 1 + max(s.chunk for s in measured)
+    options = {"virtual_stages": v} if schedule == "interleaved" else {}
+    plan = make_schedule(schedule, p, m, t_forward=t_forward * v, t_backward=t_backward * v, **options)
     t0 = min(s.start for s in measured)
-    run = [Slot(s.stage, s.kind, s.micro, s.start - t0, s.end - t0) for s in measured]
+    run = [Slot(s.stage, s.kind, s.micro, s.start - t0, s.end - t0, s.chunk) for s in measured]
     if axes is None:
         _, axes = plt.subplots(2, 1, figsize=(9, 1.2 * p + 2.4), sharex=True)
     plot_gantt(plan, ax=axes[0], unit="seconds", labels=m <= 16,
-               title=f"planned ({schedule}, p={p}, m={m}): idle {idle_fraction(plan):.1%}, formula {bubble_fraction(p, m):.1%}")
+               title=f"planned ({schedule}, p={p}, m={m}" + (f", v={v}" if options else "")
+               + f"): idle {idle_fraction(plan):.1%}, formula {bubble_fraction(p, m, v if options else 1):.1%}")
     plot_gantt(run, ax=axes[1], unit="seconds", labels=m <= 16, title=f"measured: idle {idle_fraction(run):.1%}")
     axes[0].set_xlabel("")
     axes[0].figure.tight_layout()
     return axes
 
 
-def _draw(stages: int, micro_batches: int, schedule: str):
-    view = schedule_view(stages, micro_batches, schedule)
+def _draw(stages: int, micro_batches: int, schedule: str, virtual_stages: int = 1):
+    note = ""
+    if schedule == "interleaved" and micro_batches % stages:  # Megatron's rule: m a multiple of p
+        micro_batches = -(-micro_batches // stages) * stages
+        note = " (m rounded up to a multiple of p)"
+    view = schedule_view(stages, micro_batches, schedule, virtual_stages=virtual_stages)
+    v = view["virtual_stages"]
     fig, ax = plt.subplots(figsize=(9, 0.6 * stages + 1.4))
-    plot_gantt(view["slots"], ax=ax, labels=micro_batches <= 12,
-               title=f"{schedule}: p={stages}, m={micro_batches} -> bubble {view['bubble']:.1%} "
-                     f"(formula {view['formula']:.1%}); peak in flight {max(view['peak_in_flight'])}")
+    plot_gantt(view["slots"], ax=ax, labels=micro_batches * v <= 12,
+               title=f"{schedule}: p={stages}, m={micro_batches}{note}" + (f", v={v}" if v > 1 else "")
+                     + f" -> bubble {view['bubble']:.1%} (formula {view['formula']:.1%}); "
+                     f"peak in flight {max(view['peak_in_flight'])}")
     plt.show()
     return fig
 
 
-def schedule_explorer(stages: int = 4, micro_batches: int = 8, schedule: str = "gpipe", *, interactive: bool | None = None):
-    """Sliders for stages and micro-batches and a schedule menu redrawing the Gantt chart
-    (through :func:`labkit.widgets.explorer`; one static figure when widgets can't render)."""
+def schedule_explorer(stages: int = 4, micro_batches: int = 8, schedule: str = "gpipe", virtual_stages: int = 2, *,
+                      interactive: bool | None = None):
+    """Sliders for stages, micro-batches and virtual stages (used by ``'interleaved'``) and a
+    schedule menu redrawing the Gantt chart (through :func:`labkit.widgets.explorer`; one static
+    figure when widgets can't render). The interleaved schedule rounds ``m`` up to a multiple of ``p``."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-    schedule_view(stages, micro_batches, schedule)  # validates stages and micro_batches
+    schedule_view(stages, micro_batches, "gpipe", virtual_stages=virtual_stages)  # validates the numbers
     live = widgets_available() if interactive is None else interactive
-    defaults = {"stages": stages, "micro_batches": micro_batches, "schedule": schedule}
+    defaults = {"stages": stages, "micro_batches": micro_batches, "schedule": schedule,
+                "virtual_stages": virtual_stages}
     controls = dict.fromkeys(defaults)
     if live:  # real widgets, so that they start at the defaults (explorer sets their values)
         import ipywidgets as W
 
         controls = {"stages": W.IntSlider(min=1, max=max(8, stages), description="stages"),
                     "micro_batches": W.IntSlider(min=1, max=max(32, micro_batches), description="micro-batches"),
-                    "schedule": W.Dropdown(options=sorted(SCHEDULES), description="schedule")}
+                    "schedule": W.Dropdown(options=sorted(SCHEDULES), description="schedule"),
+                    "virtual_stages": W.IntSlider(min=1, max=max(4, virtual_stages), description="virtual stages")}
     return explorer(_draw, controls, defaults, interactive=live)

@@ -268,6 +268,10 @@ OVERRIDES.setdefault("accept_or_resample", {}).update(p=lambda c: torch.tensor([
 OVERRIDES.setdefault("batch_sweep", {}).update(batches=lambda c: [1], bandwidth_gbs=lambda c: 10.0)
 OVERRIDES.setdefault("speculative_generate", {})["prompt_ids"] = lambda c: torch.tensor([1, 2, 3])
 OVERRIDES.setdefault("mfu", {}).update(tokens_per_second=lambda c: 100.0, peak_flops=lambda c: 1e12)
+OVERRIDES.setdefault("course_windows", {}).update(config=lambda c: _import("labkit.lm.model.get_config")("tiny"),
+                                                  windows=lambda c: 2)
+OVERRIDES.setdefault("epoch_orders", {}).update(length=lambda c: 8, epochs=lambda c: 2)
+OVERRIDES.setdefault("schedule_ops", {})["actions"] = lambda c: [None]
 EXAMPLES.update({
     "ids": lambda c: torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(0)),
     "block_size": lambda c: 8, "batches": lambda c: 2, "seq_len": lambda c: 8, "config": _config,
