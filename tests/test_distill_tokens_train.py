@@ -68,6 +68,12 @@ def test_compare_students_summary(teacher):
         ppl = [r["perplexity"] for r in runs if r["kind"] == row["kind"]]
         assert row["mean"] == pytest.approx(statistics.fmean(ppl)) and row["std"] == pytest.approx(statistics.stdev(ppl))
     assert all(r["perplexity"] == pytest.approx(torch.tensor(r["val_loss"]).exp().item()) for r in runs)
+    assert all("student" not in r for r in runs)
+    kept, _ = dlm.compare_students(teacher, seeds=(0,), kinds=("forward",), steps=2, max_batches=1, config=TINY,
+                                   batch_size=2, device="cpu", keep_students=True)
+    again = dlm.train_student(teacher, kind="forward", steps=2, seed=0, config=TINY, batch_size=2, device="cpu")
+    for name, value in again.state_dict().items():  # the kept model is the one that was trained and evaluated
+        torch.testing.assert_close(kept[0]["student"].state_dict()[name], value, msg=name)
 
 
 def test_scratch_does_not_use_the_teacher(teacher):
@@ -86,6 +92,7 @@ def test_scratch_does_not_use_the_teacher(teacher):
     (lambda t: dlm.train_student(t, kind="forward", steps=0, config=TINY), ValueError, "steps"),
     (lambda t: dlm.train_student(t, kind="forward", config=get_config("course"), steps=1), ValueError, "context"),
     (lambda t: dlm.compare_students(t, seeds=()), ValueError, "seeds"),
+    (lambda t: dlm.compare_students(t, keep_students="yes"), TypeError, "keep_students"),
     (lambda t: dlm.train_student(t, kind="forward", alpha=1.5, config=TINY), ValueError, "alpha"),
     (lambda t: dlm.train_student(t, kind="scratch", alpha=-1.0, config=TINY), ValueError, "alpha"),
     (lambda t: dlm.student_config(object()), TypeError, "teacher"),

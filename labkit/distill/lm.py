@@ -96,9 +96,10 @@ def _summary(runs: list[dict], kind: str) -> dict:
 
 def compare_students(teacher: nn.Module, *, seeds: Iterable[int] = (0, 1, 2), kinds: Iterable[str] = LOSSES,
                      steps: int = 300, max_batches: int | None = None, device=None, progress: bool = False,
-                     **train_kwargs) -> tuple[list[dict], list[dict]]:
+                     keep_students: bool = False, **train_kwargs) -> tuple[list[dict], list[dict]]:
     """``(runs, summary)``: every ``kind`` x ``seed`` student's val loss and perplexity, then per
     kind the mean, standard deviation (``statistics.stdev``), min and max of the perplexity.
+    ``keep_students=True`` also keeps each trained model in its run (key ``"student"``).
 
     ``train_kwargs`` go to :func:`train_student` (``config``, ``batch_size``, ``lr``,
     ``temperature``, ``alpha``); ``max_batches`` shortens the evaluation (fast mode).
@@ -106,6 +107,7 @@ def compare_students(teacher: nn.Module, *, seeds: Iterable[int] = (0, 1, 2), ki
     _args.module("teacher", teacher)
     seeds = [_args.non_negative_int("seeds", s) for s in _args.sequence("seeds", list(seeds), non_empty=True)]
     kinds = [_args.choice("kinds", k, LOSSES) for k in _args.sequence("kinds", list(kinds), non_empty=True)]
+    _args.boolean("keep_students", keep_students)
     val = split_ids(encode(course_text()))[1]
     runs = []
     for seed in seeds:
@@ -113,5 +115,6 @@ def compare_students(teacher: nn.Module, *, seeds: Iterable[int] = (0, 1, 2), ki
             student = train_student(teacher, kind=kind, steps=steps, seed=seed, device=device, progress=progress,
                                     **train_kwargs)
             ev = evaluate_lm(student, val, max_batches=max_batches)
-            runs.append({"kind": kind, "seed": seed, "val_loss": ev["loss"], "perplexity": ev["perplexity"]})
+            runs.append({"kind": kind, "seed": seed, "val_loss": ev["loss"], "perplexity": ev["perplexity"],
+                         **({"student": student} if keep_students else {})})
     return runs, [_summary(runs, kind) for kind in kinds]
