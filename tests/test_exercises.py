@@ -201,6 +201,12 @@ WRONG = {
         "return 4 * P + 4 * P + 8 * P / p",  # stage 1
         "return (4 * P + 4 * P + 8 * P) / p",  # stage 3
     ],
+    "03.6 sampler shards": [
+        "return -(-length // p), -(-length // p)",  # rounded up, as drop_last=False pads the shards
+        "return length // p, min(length, epochs * (length // p))",  # a fresh shard every epoch: set_epoch's behaviour
+        "return length, length",  # every rank reads the whole dataset
+        "return length // p, length",  # "over several epochs a rank sees everything"
+    ],
     "04.1 bubble fraction": [
         "return (p - 1) / m",
         "return (p - 1) / (m + p)",
