@@ -71,6 +71,10 @@ STATE = {
              "    middle.weight.normal_(0, 0.005, generator=gen)  # the smallest rms(w), a normal's crest factor\n"
              "    last.weight.normal_(0, 0.01, generator=gen)\n"
              "    last.weight[0, 0] = 0.09  # one outlier: the worst"],
+    # rank 0's count on 4 ranks for the lesson's block (B=2, T=16, d=32): tests/test_tp_block.py asserts these formulas
+    "04.5": ["RANKS, BLOCK = 4, dict(d=32, heads=4, seq=16, batch=2)\n"
+             "b0 = {'sp': {'calls': ['all_gather', 'reduce_scatter'] * 4,\n"
+             "             'bytes': {'all_gather': 4 * 2 * 16 * 32 * 4 // 4, 'reduce_scatter': 4 * 2 * 16 * 32 * 4}}}"],
     # logits whose averaged top-1 / runner-up band (runner-up >= 10%, top-1 >= 50%) is T = 2, 3, 4
     "07.4": ["z_test = 10 * torch.randn(300, 10, generator=torch.Generator().manual_seed(0))"],
     "08": ['rows = [{"step": "teacher", "latency_ms": 5.0, "accuracy": 0.99},\n'
@@ -223,6 +227,12 @@ WRONG = {
     "04.3 shard shapes": [
         'return {"column": (out_features, in_features // p), "row": (out_features // p, in_features)}',
         'return {"column": (in_features, out_features // p), "row": (in_features // p, out_features)}',
+    ],
+    "04.5 sequence-parallel collectives": [
+        [('"all_gather": (4, act // p)', '"all_gather": (4, act)')],  # gathers whole activations, not shards
+        [("(4, act // p), \"reduce_scatter\": (4, act)", "(2, act // p), \"reduce_scatter\": (2, act)")],  # forward only
+        [("(4, act // p), \"reduce_scatter\": (4, act)", "(4, act), \"reduce_scatter\": (4, act // p)")],  # swapped
+        [("act = batch * seq * d * nbytes", "act = batch * seq * d")],  # numbers, not bytes
     ],
     "05.1 magnitude mask": [
         [("return mask.view_as(weight)", "return weight * mask.view_as(weight)")],  # the pruned weights

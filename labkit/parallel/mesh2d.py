@@ -21,6 +21,10 @@ the whole batch) ends.
 
 from __future__ import annotations
 
+import logging
+import warnings
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -52,6 +56,22 @@ def mesh_problem(config_name: str = "tiny", *, batch: int = 8, seq: int = 4, see
     batch, seq = _args.positive_int("batch", batch), _args.positive_int("seq", seq)
     g = torch.Generator().manual_seed(_args.non_negative_int("seed", seed) + 1)
     return torch.randn(batch, seq, d, generator=g), torch.randn(batch, seq, d, generator=g)
+
+
+@contextmanager
+def _quiet_expected_notices():
+    """Silence two notices a run on this mesh always prints (one per rank, into a lesson's output):
+    FSDP2's warning that the MLP returns a view (nothing here modifies it in place) and DTensor's
+    note that gathering the report's ``_StridedShard`` parameters takes two all-gathers."""
+    redistribute = logging.getLogger("torch.distributed.tensor._redistribute")
+    level = redistribute.level
+    redistribute.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+            yield
+    finally:
+        redistribute.setLevel(level)
 
 
 def _check(config_name, steps, batch, seq, lr, seed):
@@ -104,6 +124,11 @@ def mesh_train(config_name: str = "tiny", *, steps: int = 3, batch: int = 8, seq
     row = mesh["dp"].get_local_rank()
     x, y = shard_batch(x, row, dp), shard_batch(y, row, dp)
     opt = torch.optim.Adam(mlp.parameters(), lr=lr)
+    with _quiet_expected_notices():
+        return _train_and_report(mlp, opt, x, y, steps, world, row, mesh)
+
+
+def _train_and_report(mlp, opt, x, y, steps, world, row, mesh) -> dict:
     losses = []
     for _ in range(steps):
         opt.zero_grad()
