@@ -162,7 +162,8 @@ def student_runs(request):
     """The selected lessons' runs, started in test order TWO AT A TIME (two kernels keep both cores
     busy where one leaves one idle: kernel start, imports, single-threaded Python); each test
     waits for its own."""
-    lessons = [item.callspec.params["lesson"] for item in request.session.items if item.originalname == TEST]
+    lessons = [item.callspec.params["lesson"] for item in request.session.items
+               if getattr(item, "originalname", None) == TEST]  # nbval's cells have no originalname
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="student-run")
     yield {lesson: pool.submit(_run_student, lesson) for lesson in lessons}
     pool.shutdown(wait=True, cancel_futures=True)
