@@ -18,6 +18,11 @@ from labkit import _args
 OPS = ("send", "recv", "all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 
 
+def _check_op(op) -> None:
+    if op is not None and op not in OPS:
+        raise ValueError(f"op must be one of {', '.join(map(repr, OPS))} or None, got {op!r}")
+
+
 class _Pending:
     """An ``isend`` / ``irecv`` in flight; keeps its tensor alive until ``wait()``."""
 
@@ -116,8 +121,7 @@ class CountingComm:
         """Send rows ``input_splits[s]`` of ``tensor`` (in rank order, along dim 0) to each rank
         ``s``; receive ``output_splits[s]`` rows from each. Logs the bytes that leave this rank
         (the rows it keeps for itself travel nowhere). gloo supports this form, not the list one."""
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+        _args.tensor("tensor", tensor)
         p = self.world_size
         splits = {}
         for name, value in (("output_splits", output_splits), ("input_splits", input_splits)):
@@ -139,8 +143,7 @@ class CountingComm:
     def bytes(self, op: str | None = None) -> int:
         """Bytes handed to ``op`` (one of :data:`OPS`), or to all ops that send ('send' +
         collectives) when ``op`` is None."""
-        if op is not None and op not in OPS:
-            raise ValueError(f"op must be one of {', '.join(map(repr, OPS))} or None, got {op!r}")
+        _check_op(op)
         return sum(n for o, n in self.log if (o == op if op else o != "recv"))
 
     def wire_bytes(self, op: str | None = None) -> float:
@@ -148,8 +151,7 @@ class CountingComm:
         send as is, an all-reduce ``2(p-1)/p`` of its size (reduce-scatter + all-gather), a
         reduce-scatter ``(p-1)/p`` of its input, an all-gather ``(p-1)`` shards, an all-to-all
         the rows it sends away."""
-        if op is not None and op not in OPS:
-            raise ValueError(f"op must be one of {', '.join(map(repr, OPS))} or None, got {op!r}")
+        _check_op(op)
         p = self.world_size
         factor = {"send": 1.0, "all_reduce": 2 * (p - 1) / p, "all_gather": p - 1.0, "recv": 0.0,
                   "reduce_scatter": (p - 1) / p, "all_to_all": 1.0}

@@ -34,6 +34,11 @@ import torch.nn.functional as F
 from labkit.parallel.comm import CountingComm
 
 
+def _all_gather(x: torch.Tensor, comm: CountingComm, dim: int) -> torch.Tensor:
+    """Every rank's shard of ``x`` joined along ``dim``, in rank order (one counted all-gather)."""
+    return torch.cat(comm.all_gather(x.contiguous()), dim=dim)
+
+
 class GatherSequence(torch.autograd.Function):
     """All-gather along ``dim`` forward; reduce-scatter of the gradient backward (replaces ``f``).
 
@@ -42,7 +47,7 @@ class GatherSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, comm: CountingComm, dim: int):
         ctx.comm, ctx.dim = comm, dim
-        return torch.cat(comm.all_gather(x.contiguous()), dim=dim)
+        return _all_gather(x, comm, dim)
 
     @staticmethod
     def backward(ctx, grad):
@@ -63,7 +68,7 @@ class ScatterSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return torch.cat(ctx.comm.all_gather(grad.contiguous()), dim=ctx.dim), None, None
+        return _all_gather(grad, ctx.comm, ctx.dim), None, None
 
 
 class GatheredLinear(torch.autograd.Function):
@@ -78,12 +83,12 @@ class GatheredLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, comm: CountingComm, dim: int):
         ctx.comm, ctx.dim, ctx.has_bias = comm, dim, bias is not None
         ctx.save_for_backward(x, weight)
-        return F.linear(torch.cat(comm.all_gather(x.contiguous()), dim=dim), weight, bias)
+        return F.linear(_all_gather(x, comm, dim), weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        full = torch.cat(ctx.comm.all_gather(x.contiguous()), dim=ctx.dim)  # the gather, again
+        full = _all_gather(x, ctx.comm, ctx.dim)  # the gather, again
         rows, full_rows = grad.reshape(-1, grad.shape[-1]), full.reshape(-1, full.shape[-1])
         grad_weight = rows.t() @ full_rows
         grad_bias = rows.sum(0) if ctx.has_bias else None

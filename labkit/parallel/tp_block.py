@@ -152,13 +152,11 @@ class TensorParallelBlock(nn.Module):
         parameter names (gathered with plain torch.distributed, outside the comm's count)."""
         grads = {f"{ln}.{n}": p.grad.detach().clone() for ln in ("ln_1", "ln_2")
                  for n, p in getattr(self, ln).named_parameters()}
-        fused_w = torch.empty_like(_gather(self.qkv.weight.grad, 0))
-        fused_w[self.order] = _gather(self.qkv.weight.grad, 0)
-        grads["attn.c_attn.weight"] = fused_w
-        if self.qkv.bias is not None:
-            fused_b = torch.empty_like(_gather(self.qkv.bias.grad, 0))
-            fused_b[self.order] = _gather(self.qkv.bias.grad, 0)
-            grads["attn.c_attn.bias"] = fused_b
+        for pname, prm in self.qkv.named_parameters():  # back from head order to [q; k; v]
+            gathered = _gather(prm.grad, 0)
+            fused = torch.empty_like(gathered)
+            fused[self.order] = gathered
+            grads[f"attn.c_attn.{pname}"] = fused
         for name, layer, kind in (("attn.c_proj", self.proj, "row"), ("mlp.0", self.fc, "col"),
                                   ("mlp.2", self.out, "row")):
             grads[f"{name}.weight"] = _gather(layer.weight.grad, 1 if kind == "row" else 0)
