@@ -18,8 +18,8 @@ measured times, the run.
 * **Interleaved 1F1B** (:func:`interleaved`, Megatron-LM's schedule, Narayanan et al. 2021): each
   rank holds ``v`` *virtual stages* (model chunks) instead of one - chunk ``k`` of rank ``s`` is
   virtual stage ``k*p + s`` - so an op costs ``t_F/v`` and the fill and drain shrink by ``v``:
-  the bubble is ``(p-1)/(v*m + p-1)``, at the price of ``v`` times more point-to-point sends and
-  more micro-batches in flight. Like Megatron, it needs ``m`` to be a multiple of ``p``.
+  the bubble is ``(p-1)/(v*m + p-1)``, at the price of ``(p*v-1)/(p-1)`` times the point-to-point
+  sends (a micro-batch crosses ``p*v-1`` cuts, not ``p-1``) and more micro-batches in flight. Like Megatron, it needs ``m`` to be a multiple of ``p``.
 
 An op is ``(kind, micro)`` or, with virtual stages, ``(kind, micro, chunk)``.
 """
