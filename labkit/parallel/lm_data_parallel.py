@@ -32,6 +32,7 @@ from labkit import _args
 from labkit.lm.corpus import course_text, encode
 from labkit.lm.model import GPT, GPTConfig, get_config
 from labkit.parallel.data_parallel import _agreement
+from labkit.train import cross_entropy_batch
 
 
 class WindowDataset(Dataset):
@@ -82,6 +83,7 @@ def epoch_orders(length: int, world_size: int, epochs: int, *, set_epoch: bool =
 
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+LM_LOSS = cross_entropy_batch()  # next-token cross-entropy, averaged over every position
 
 
 def _check(config_name, epochs, batch_size, lr, seed, windows, optimizer):
@@ -120,8 +122,7 @@ def train_lm_reference(config_name: str = "tiny", *, epochs: int = 2, batch_size
         for b in range(steps):
             x, y = (torch.stack(t) for t in zip(*(data[i] for i in perm[b * batch_size:(b + 1) * batch_size])))
             opt.zero_grad()
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss = LM_LOSS(model, (x, y)).loss
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
@@ -161,8 +162,7 @@ def lm_ddp_worker(config_name: str = "tiny", *, epochs: int = 2, batch_size: int
         orders.append(list(sampler))
         for x, y in loader:
             opt.zero_grad()
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss = LM_LOSS(model, (x, y)).loss
             loss.backward()  # DDP averages the gradients over the ranks
             opt.step()
             losses.append(loss.detach())
