@@ -39,8 +39,11 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --no-browser $(ROOT_FLAG) \
 		--LabApp.app_settings_dir=$(HERE)jupyter/settings
 
+# Two pytest-xdist workers, each process on one thread (two workers at torch's default two threads on two
+# cores spin against each other); --dist loadfile keeps a file on one worker: a notebook's cells share a kernel.
 test: $(STAMP)
-	LABKIT_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --durations=20
+	LABKIT_FAST=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		-n 2 --dist loadfile --durations=20
 
 quick: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not dist and not browser" -q

@@ -69,6 +69,7 @@ class NbvalCheckLogs:
         self.dir = None
         self.logs = {}  # lesson path -> its log file, for every lesson whose cells nbval ran
         self.saved = _UNSET  # the variable's value before the first lesson item
+        self.checked = set()  # lessons whose verdicts were checked after their last cell
 
     def lessons_run(self) -> dict:
         return dict(self.logs)
@@ -93,6 +94,26 @@ class NbvalCheckLogs:
         if self.dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix="labkit-nbval-checks-"))
         os.environ[LOG_ENV] = str(self.logs.setdefault(path, self.dir / f"{path.stem}.jsonl"))
+
+    def pytest_runtest_teardown(self, item, nextitem):
+        """After a lesson's last cell: every exercise of the lesson logged a "pass" (the instructor's
+        solutions). A problem is reported as an error in the teardown of that cell. Checked here, on
+        whichever pytest-xdist worker ran the lesson, rather than in a test that would need every
+        worker's logs."""
+        path = Path(str(item.path)).resolve()
+        if path not in self.logs or (nextitem is not None and Path(str(nextitem.path)).resolve() == path):
+            return
+        from labkit.classroom import exercise_names, verdicts_from_log
+
+        import nbformat
+
+        names = exercise_names(nbformat.read(path, as_version=4))
+        verdicts = verdicts_from_log(self.logs[path], names)
+        problems = [f"{v.exercise} is '{v.status}': {v.message}" for v in verdicts if v.status != "pass"]
+        if len(names) < 3:
+            problems.append(f"only {len(names)} exercise(s)")
+        self.checked.add(path)
+        assert not problems, f"{path.name}, the instructor's solutions:\n" + "\n".join(problems)
 
     def pytest_unconfigure(self, config):
         if self.dir is not None:

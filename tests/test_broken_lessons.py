@@ -20,8 +20,8 @@ a solution computes.
 Workers that run in other processes (lessons 03 and 04) import labkit afresh, so a patch in the
 notebook's kernel never reaches them; those lessons break a function the notebook itself calls
 and whose result the final cell checks (the single-process reference of 03, the schedule
-simulator of 04). Each run costs about half a minute: the lessons run once each, in fast mode, two
-at a time (the fixture ``student_runs``).
+simulator of 04). Each run costs about half a minute: the lessons run once each, in fast mode, with one
+thread per kernel, two at a time (the fixture ``student_runs``).
 """
 
 from __future__ import annotations
@@ -149,9 +149,14 @@ def _traceback(cell) -> str:
 ALL_LESSONS = sorted(p.name[:2] for p in LESSONS.glob("[0-9][0-9]_*.ipynb"))
 
 
+# Kernels running side by side get one thread each: two kernels with torch's default two threads on two
+# cores spin against each other (lessons 05 + 06 together: 104 s at two threads, 62 s at one).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def _run_student(lesson: str):
     path, source, student = _student_copy(lesson)
-    return path, source, run_notebook(path, nb=student, fast=True, timeout=600)
+    return path, source, run_notebook(path, nb=student, fast=True, timeout=600, env=ONE_THREAD)
 
 
 TEST = "test_student_lesson_reports_not_done_and_its_final_asserts_catch_the_broken_technique"
@@ -159,12 +164,14 @@ TEST = "test_student_lesson_reports_not_done_and_its_final_asserts_catch_the_bro
 
 @pytest.fixture(scope="module")
 def student_runs(request):
-    """The selected lessons' runs, started in test order TWO AT A TIME (two kernels keep both cores
-    busy where one leaves one idle: kernel start, imports, single-threaded Python); each test
-    waits for its own."""
+    """The selected lessons' runs, started in test order TWO AT A TIME, one thread each (two
+    kernels keep both cores busy where one leaves one idle: kernel start, imports, single-threaded
+    Python); each test waits for its own. Under pytest-xdist (``make test``) the other worker keeps
+    the second core busy, so the runs go one at a time."""
     lessons = [item.callspec.params["lesson"] for item in request.session.items
                if getattr(item, "originalname", None) == TEST]  # nbval's cells have no originalname
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="student-run")
+    workers = 1 if hasattr(request.config, "workerinput") else 2
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="student-run")
     yield {lesson: pool.submit(_run_student, lesson) for lesson in lessons}
     pool.shutdown(wait=True, cancel_futures=True)
 
