@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 
 from labkit import _args
 
@@ -120,6 +120,30 @@ def make_loader(dataset: Dataset, *, batch_size: int = 64, shuffle: bool = False
     if shuffle and generator is None:
         generator = torch.Generator().manual_seed(0)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **kwargs)
+
+
+def batch_loader(dataset: TensorDataset, *, batch_size: int = 64, shuffle: bool = False,
+                 generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
+    """:func:`make_loader`'s batches, in the same order, fetched a whole batch at a time.
+
+    A DataLoader with ``batch_size`` indexes its dataset once per *sample* and stacks the samples
+    (``default_collate``): for a tiny model that costs more than the training step (128 MNIST
+    images: about 1.2 ms to load, 0.4 ms by whole-batch indexing). Here the sampler yields each
+    batch's indices and the TensorDataset is indexed with all of them at once. The loader draws
+    its seed from ``generator`` before the permutation, as a plain DataLoader does, so for the same
+    generator state the batches equal :func:`make_loader`'s exactly (tested).
+    """
+    _args.instance("dataset", dataset, TensorDataset, "a TensorDataset")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+    _args.positive_int("batch_size", batch_size)
+    _args.boolean("shuffle", shuffle)
+    _args.boolean("drop_last", drop_last)
+    if shuffle and generator is None:
+        generator = torch.Generator().manual_seed(0)
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=None, generator=generator,
+                      sampler=BatchSampler(order, batch_size=batch_size, drop_last=drop_last))
 
 
 def make_loaders(splits: Splits, *, batch_size: int = 64, generator: torch.Generator | None = None,

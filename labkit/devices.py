@@ -9,6 +9,7 @@ state between calls: each function looks at the machine afresh, so tests can moc
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -295,3 +296,17 @@ def cpu_threads_env() -> dict:
     """Thread settings that change timings, for a report."""
     return {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """``with cpu_threads(1): ...`` runs the block with ``torch.set_num_threads(n)`` and puts the
+    previous count back afterwards, even on an error. One thread suits many tiny models trained
+    one after another; big matrix products want every core."""
+    _args.positive_int("n", n)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(previous)

@@ -93,3 +93,30 @@ def test_dataset_to_tensors_on_tiny_generated_files(tmp_path):
 def test_torchvision_loader_rejects_unknown_names(tmp_path):
     with pytest.raises(ValueError, match="name must be one of .*got 'imagenet'"):
         D.load_torchvision("imagenet", tmp_path)
+
+
+@pytest.mark.parametrize("shuffle, drop_last", [(True, False), (False, False), (True, True)])
+def test_batch_loader_gives_make_loaders_batches(shuffle, drop_last):
+    x, y = torch.randn(70, 1, 4, 4), torch.arange(70)
+    ds = TensorDataset(x, y)
+    ours = list(D.batch_loader(ds, batch_size=16, shuffle=shuffle, drop_last=drop_last,
+                               generator=torch.Generator().manual_seed(3)))
+    ref = list(D.make_loader(ds, batch_size=16, shuffle=shuffle, drop_last=drop_last,
+                             generator=torch.Generator().manual_seed(3)))
+    assert len(ours) == len(ref) == (4 if drop_last else 5)
+    for (a, b), (c, d) in zip(ours, ref):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    assert not shuffle or not torch.equal(ours[0][1], torch.arange(16))  # it did shuffle
+
+
+@pytest.mark.parametrize("kwargs, err, words", [
+    ({"dataset": [1, 2]}, TypeError, "dataset"),
+    ({"dataset": TensorDataset(torch.zeros(0, 2))}, ValueError, "empty"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"shuffle": "yes"}, TypeError, "shuffle"),
+    ({"drop_last": 1}, TypeError, "drop_last"),
+])
+def test_batch_loader_bad_input(kwargs, err, words):
+    args = {"dataset": TensorDataset(torch.zeros(4, 2))} | kwargs
+    with pytest.raises(err, match=words):
+        D.batch_loader(args.pop("dataset"), **args)

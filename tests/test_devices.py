@@ -150,3 +150,18 @@ def test_broken_xla_install_is_ignored(monkeypatch):
 
     monkeypatch.setattr(D.importlib, "import_module", boom)
     assert D._xla_module() is None
+
+
+def test_cpu_threads_sets_and_restores_the_count():
+    from labkit.devices import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), cpu_threads(1):
+        raise RuntimeError("the block failed")
+    assert torch.get_num_threads() == before  # restored on an error too
+    for bad, err in ((0, ValueError), (1.5, TypeError)):
+        with pytest.raises(err, match=r"^n\b"), cpu_threads(bad):
+            pass

@@ -106,3 +106,30 @@ def test_student_config_is_the_draft_within_the_teachers_context(teacher):
     assert dlm.student_config(teacher) == replace(get_config("draft"), block_size=TINY.block_size)
     assert dlm.student_config(GPT(get_config("course"))) == get_config("draft")
     assert dlm.student_config(None) == get_config("draft")
+
+
+def test_remembered_teacher_runs_once_per_distinct_batch(teacher):
+    memo = dlm.RememberedTeacher(teacher)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (2, 8), generator=g)
+    other = x.clone()
+    other[1, 3] = (other[1, 3] + 1) % 256  # one byte different: a different batch
+    with torch.no_grad():
+        first, again, changed = memo(x), memo(x.clone()), memo(other)
+        assert memo.calls == 2
+        torch.testing.assert_close(first, teacher(x), rtol=0, atol=0)
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        torch.testing.assert_close(changed, teacher(other), rtol=0, atol=0)  # not the stale logits of x
+    assert memo.config == teacher.config
+    with pytest.raises(TypeError, match="teacher"):
+        dlm.RememberedTeacher("gpt")
+
+
+def test_compare_students_reuses_the_teacher_and_trains_the_same_students(teacher):
+    """The second distilled kind of a seed reads the remembered logits: the same student as one
+    trained on its own, with the teacher run live on every batch."""
+    runs, _ = dlm.compare_students(teacher, seeds=(1,), kinds=("forward", "reverse"), steps=3, max_batches=1,
+                                   config=TINY, batch_size=2, device="cpu", keep_students=True)
+    alone = dlm.train_student(teacher, kind="reverse", steps=3, seed=1, config=TINY, batch_size=2, device="cpu")
+    for name, value in alone.state_dict().items():
+        torch.testing.assert_close(runs[1]["student"].state_dict()[name], value, rtol=0, atol=0, msg=name)

@@ -16,7 +16,8 @@ teacher on each ``(x, y)`` window batch; for ``"scratch"`` it is plain next-byte
 
 :func:`compare_students` runs every loss over several seeds (the same seed gives the same
 initial weights and the same batches to all three) and returns the validation perplexity of each
-run plus mean and standard deviation per loss. Used by lesson ``07_distillation``'s
+run plus mean and standard deviation per loss; the teacher runs once per batch for all of a seed's
+students (:class:`RememberedTeacher`). Used by lesson ``07_distillation``'s
 language-model section; tested in ``tests/test_distill_tokens_train.py``.
 """
 
@@ -88,6 +89,34 @@ def train_student(teacher: nn.Module | None, *, kind: str = "forward", config: G
     return student.eval()
 
 
+class RememberedTeacher(nn.Module):
+    """The teacher, remembering its logits for every input batch it has seen.
+
+    Every kind trained with one seed sees the same batches (the seed fixes the windows), so the
+    forward and reverse students of a seed need the teacher's logits for the same inputs: with
+    this wrapper the teacher runs once per batch instead of once per student. A remembered batch
+    is returned only for an input equal to the one seen (``torch.equal``), so a different batch is
+    never served stale logits. Memory: one ``(B, T, vocab)`` float tensor per distinct batch.
+    """
+
+    def __init__(self, teacher: nn.Module):
+        super().__init__()
+        self.teacher = _args.module("teacher", teacher)
+        self.config = getattr(teacher, "config", None)
+        self.calls = 0  # batches the real teacher ran
+        self._seen: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.device.type, hash(x.detach().cpu().numpy().tobytes()))
+        seen = self._seen.get(key)
+        if seen is not None and torch.equal(seen[0], x):
+            return seen[1]
+        self.calls += 1
+        logits = self.teacher(x)
+        self._seen[key] = (x.detach().clone(), logits.detach())
+        return logits
+
+
 def _summary(runs: list[dict], kind: str) -> dict:
     ppl = [r["perplexity"] for r in runs if r["kind"] == kind]
     return {"kind": kind, "seeds": len(ppl), "mean": statistics.fmean(ppl),
@@ -111,8 +140,9 @@ def compare_students(teacher: nn.Module, *, seeds: Iterable[int] = (0, 1, 2), ki
     val = split_ids(encode(course_text()))[1]
     runs = []
     for seed in seeds:
+        seed_teacher = RememberedTeacher(teacher)  # one teacher pass per batch for all this seed's kinds
         for kind in kinds:
-            student = train_student(teacher, kind=kind, steps=steps, seed=seed, device=device, progress=progress,
+            student = train_student(seed_teacher, kind=kind, steps=steps, seed=seed, device=device, progress=progress,
                                     **train_kwargs)
             ev = evaluate_lm(student, val, max_batches=max_batches)
             runs.append({"kind": kind, "seed": seed, "val_loss": ev["loss"], "perplexity": ev["perplexity"],
