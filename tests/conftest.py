@@ -103,9 +103,9 @@ class NbvalCheckLogs:
         path = Path(str(item.path)).resolve()
         if path not in self.logs or (nextitem is not None and Path(str(nextitem.path)).resolve() == path):
             return
-        from labkit.classroom import exercise_names, verdicts_from_log
-
         import nbformat
+
+        from labkit.classroom import exercise_names, verdicts_from_log
 
         names = exercise_names(nbformat.read(path, as_version=4))
         verdicts = verdicts_from_log(self.logs[path], names)
