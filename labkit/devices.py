@@ -298,12 +298,15 @@ def cpu_threads_env() -> dict:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}
 
 
-@contextlib.contextmanager
 def cpu_threads(n: int):
     """``with cpu_threads(1): ...`` runs the block with ``torch.set_num_threads(n)`` and puts the
     previous count back afterwards, even on an error. One thread suits many tiny models trained
-    one after another; big matrix products want every core."""
-    _args.positive_int("n", n)
+    one after another; big matrix products want every core. ``n`` is checked at the call."""
+    return _threads(_args.positive_int("n", n))
+
+
+@contextlib.contextmanager
+def _threads(n: int):
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
