@@ -8,9 +8,10 @@ after its imports a cell that swaps ONE central labkit function for a plausibly 
 names). It runs the copy headless in fast mode, like ``labkit grade``, and asserts that
 
 * every exercise reports "not done" (a stubbed solution never crashes the notebook), and
-* the run stops in the LAST code cell - the lesson's asserts - with an AssertionError (lessons 00
-  and 09, not broken, run to the end with no error). An earlier crash would prove nothing about
-  the asserts, so it fails the test.
+* the run stops in the LAST code cell - the lesson's asserts - with an AssertionError, at the assert
+  that checks the broken technique (``CAUGHT_BY``); lessons 00 and 09, not broken, run to the end
+  with no error. An earlier crash, or another assert failing first, would prove nothing about the
+  asserts, so it fails the test.
 
 One run per lesson checks both, which halves what the suite spends on running notebooks. That the
 unbroken student notebooks would *pass* their final asserts follows from nbval's run of the real
@@ -118,6 +119,19 @@ def _broken(model):
     return _original(model)'''),
 }
 
+# lesson -> the final-cell assert that must catch its broken function (a piece of that line): failing
+# some other assert first (a flaky timing, a crash of the cell's own making) would prove nothing
+CAUGHT_BY = {
+    "01": 'r["gflops"], 2 * r["n"] ** 3',
+    "02": "assert acc_equal",
+    "03": '(r["params"] - reference)',
+    "04": "sched.peak_in_flight(sched.one_f_one_b(",
+    "05": "assert all(masks_match.values())",
+    "06": "assert all(codes_equal.values())",
+    "07": "distillation_loss(zc, zc",
+    "08": "assert fold_diff < 1e-4",
+}
+
 
 def _lesson(lesson: str) -> tuple[Path, nbformat.NotebookNode]:
     (path,) = LESSONS.glob(f"{lesson}_*.ipynb")
@@ -204,7 +218,10 @@ def test_student_lesson_reports_not_done_and_its_final_asserts_catch_the_broken_
                             f"got {run.errors}")
         else:
             failed = next((ln.strip() for ln in _traceback(run.nb.cells[code[-1]]).splitlines()
-                           if ln.lstrip().startswith("---->")), "?")
+                           if re.match(r"\s*-+>\s*\d+ ", ln)), "?")  # IPython's arrow: "----> 4", "---> 11"
+            if CAUGHT_BY[lesson] not in failed:
+                problems.append(f"the final asserts failed at {failed!r}, not at the one that checks "
+                                f"{BROKEN[lesson][0]}.{BROKEN[lesson][1]} ({CAUGHT_BY[lesson]!r})")
             print(f"lesson {lesson}: the final asserts failed as they should, at {failed}")
     assert not problems, f"{path.name} (student version, {run.seconds:.0f} s):\n" + "\n".join(problems)
 
@@ -317,3 +334,11 @@ def test_lesson_06_final_asserts_catch_a_broken_gptq_update(monkeypatch):
         with pytest.raises(AssertionError):
             lesson_asserts()
             print(f"not caught: {name}")
+
+
+def test_each_broken_lesson_names_the_assert_that_catches_it():
+    assert set(CAUGHT_BY) == set(BROKEN)
+    for lesson, piece in CAUGHT_BY.items():
+        _, nb = _lesson(lesson)
+        final = nb.cells[_code_cells(nb)[-1]].source
+        assert sum(piece in line for line in final.splitlines()) == 1, (lesson, piece)
