@@ -51,11 +51,13 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
-# --- Exercise verdicts from the nbval run (read by tests/test_classroom.py) -----------------------
+# --- Exercise verdicts from the nbval run ----------------------------------------------------------
 # While nbval runs a lesson from notebooks/, $LABKIT_CHECK_LOG points at a log file for that
-# lesson, so every check() there records its verdict. test_real_solutions_pass_every_check is
-# moved to the end of the session and reads those logs: the solutions are proven to pass without
-# running the lessons a second time. Outside lesson items the variable is put back as it was.
+# lesson, so every check() there records its verdict; after the lesson's last cell the plugin
+# checks that every exercise passed: the solutions are proven without running the lessons a second
+# time, on whichever pytest-xdist worker ran each lesson. test_real_solutions_pass_every_check
+# (tests/test_classroom.py, kept last) grades only lessons nbval did not run in this session.
+# Outside lesson items the variable is put back as it was.
 _UNSET = object()
 
 
