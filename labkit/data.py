@@ -116,16 +116,20 @@ def load_dataset(name: str = "mnist_subset", *, val_fraction: float = 0.1, test_
                   num_classes=int(y.max()) + 1, input_shape=tuple(x.shape[1:]))
 
 
-def make_loader(dataset: Dataset, *, batch_size: int = 64, shuffle: bool = False,
-                generator: torch.Generator | None = None, **kwargs) -> DataLoader:
-    """A DataLoader with checks: positive batch size, non-empty data, a generator for shuffling."""
-    _args.instance("dataset", dataset, Dataset, "a torch Dataset")
+def _loader_args(dataset, kind: type, what: str, batch_size, shuffle, generator) -> torch.Generator | None:
+    """The checks both loaders share; returns the generator to shuffle with (seed 0 if none given)."""
+    _args.instance("dataset", dataset, kind, what)
     if len(dataset) == 0:
         raise ValueError("dataset is empty")
     _args.positive_int("batch_size", batch_size)
     _args.boolean("shuffle", shuffle)
-    if shuffle and generator is None:
-        generator = torch.Generator().manual_seed(0)
+    return torch.Generator().manual_seed(0) if shuffle and generator is None else generator
+
+
+def make_loader(dataset: Dataset, *, batch_size: int = 64, shuffle: bool = False,
+                generator: torch.Generator | None = None, **kwargs) -> DataLoader:
+    """A DataLoader with checks: positive batch size, non-empty data, a generator for shuffling."""
+    generator = _loader_args(dataset, Dataset, "a torch Dataset", batch_size, shuffle, generator)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **kwargs)
 
 
@@ -140,14 +144,8 @@ def batch_loader(dataset: TensorDataset, *, batch_size: int = 64, shuffle: bool 
     its seed from ``generator`` before the permutation, as a plain DataLoader does, so for the same
     generator state the batches equal :func:`make_loader`'s exactly (tested).
     """
-    _args.instance("dataset", dataset, TensorDataset, "a TensorDataset")
-    if len(dataset) == 0:
-        raise ValueError("dataset is empty")
-    _args.positive_int("batch_size", batch_size)
-    _args.boolean("shuffle", shuffle)
+    generator = _loader_args(dataset, TensorDataset, "a TensorDataset", batch_size, shuffle, generator)
     _args.boolean("drop_last", drop_last)
-    if shuffle and generator is None:
-        generator = torch.Generator().manual_seed(0)
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=None, generator=generator,
                       sampler=BatchSampler(order, batch_size=batch_size, drop_last=drop_last))

@@ -27,7 +27,7 @@ import torch
 from torch.utils import benchmark
 
 from labkit import _args
-from labkit.devices import check_device, synchronize
+from labkit.devices import check_device, cpu_threads, synchronize
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,11 @@ def time_fn(
         fn()
         synchronize(dev)
 
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    with cpu_threads(threads):
         for _ in range(warmup):
             run()
         timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads, label=label)
         m = timer.blocked_autorange(min_run_time=min_run_time)
-    finally:
-        torch.set_num_threads(previous)
     times = tuple(m.times)
     if len(times) >= 4:
         q = torch.tensor(times, dtype=torch.float64).quantile(torch.tensor([0.25, 0.75], dtype=torch.float64))
